@@ -1,0 +1,156 @@
+"""Suite-wide harness: hypothesis profile and the end-of-session leak check.
+
+The leak check fails the run when the suite leaves behind, in this process:
+  * a child process (other than the resource trackers, which live as long as
+    their parent by design),
+  * a loky semaphore in /dev/shm that did not exist when the session started,
+  * a file or folder registered with loky's resource tracker that still exists
+    and was never unregistered.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, settings
+
+pytest_plugins = ["pytester"]
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+SHM_DIR = "/dev/shm"
+_LEAK_GRACE_SECONDS = 10.0
+
+
+def _loky_semaphores() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith("sem.loky-")}
+    except OSError:
+        return set()
+
+
+def _is_helper_process(proc: psutil.Process) -> bool:
+    """Resource trackers are per-parent singletons meant to outlive the tests."""
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return True
+    return "resource_tracker" in cmdline
+
+
+def _leftover_children() -> list[psutil.Process]:
+    me = psutil.Process()
+    left = []
+    for child in me.children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        if not _is_helper_process(child):
+            left.append(child)
+    return left
+
+
+_tracked_resources: dict[tuple[str, str], int] = {}
+_semaphores_at_start: set[str] = set()
+
+
+def _track_resource_tracker_registrations() -> None:
+    """Record file/folder registrations made through loky's tracker client."""
+    try:
+        from loky.backend import resource_tracker
+    except Exception:  # loky not importable yet: nothing to track
+        return
+    tracker = resource_tracker._resource_tracker
+    original_register = tracker.register
+    original_unregister = tracker.unregister
+    original_maybe_unlink = tracker.maybe_unlink
+
+    def register(name, rtype):
+        if rtype in ("file", "folder"):
+            _tracked_resources[(name, rtype)] = _tracked_resources.get((name, rtype), 0) + 1
+        return original_register(name, rtype)
+
+    def unregister(name, rtype):
+        _tracked_resources.pop((name, rtype), None)
+        return original_unregister(name, rtype)
+
+    def maybe_unlink(name, rtype):
+        _tracked_resources.pop((name, rtype), None)
+        return original_maybe_unlink(name, rtype)
+
+    tracker.register = register
+    tracker.unregister = unregister
+    tracker.maybe_unlink = maybe_unlink
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    if hasattr(config, "workerinput"):
+        return False
+    numprocesses = getattr(config.option, "numprocesses", None)
+    return bool(numprocesses)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _semaphores_at_start.update(_loky_semaphores())
+    _track_resource_tracker_registrations()
+
+
+def _shutdown_reusable_executor() -> None:
+    """The reusable executor is a per-thread singleton kept warm across tests by
+    design; shut the main thread's one down before counting leftovers."""
+    module = sys.modules.get("loky.reusable_executor")
+    if module is None:
+        return
+    executor = getattr(module._executor_storage, "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _is_xdist_controller(session.config):
+        return
+    _shutdown_reusable_executor()
+    deadline = time.monotonic() + _LEAK_GRACE_SECONDS
+    while True:
+        children = _leftover_children()
+        semaphores = _loky_semaphores() - _semaphores_at_start
+        files = [
+            name for (name, _rtype) in _tracked_resources if os.path.exists(name)
+        ]
+        if not (children or semaphores or files) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+
+    problems = []
+    for child in children:
+        try:
+            problems.append(f"child process {child.pid}: {' '.join(child.cmdline())[:200]}")
+        except psutil.Error:
+            continue
+        child.kill()
+    problems.extend(f"semaphore /dev/shm/{name}" for name in sorted(semaphores))
+    problems.extend(f"resource-tracker file {name}" for name in sorted(files))
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "leak check: the test session left behind:\n  " + "\n  ".join(problems)
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
