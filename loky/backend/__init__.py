@@ -1,0 +1,26 @@
+"""loky's process backend: contexts, launchers, pickling, queues, locks.
+
+Importing it registers the ``loky`` and ``loky_init_main`` contexts with
+``multiprocessing`` and makes semaphores created by ``multiprocessing``'s
+synchronisation primitives use loky-style names (``/loky-<pid>-<random>``).
+"""
+
+import os
+
+from .context import get_context
+
+__all__ = ["get_context"]
+
+
+def _make_loky_semaphore_name() -> str:
+    """Name for a stdlib semaphore: ``/loky-<pid>-<random>`` (short enough
+    for macOS' 31-character limit)."""
+    return f"/loky-{os.getpid()}-{next(_SemLock._rand)}"
+
+
+try:
+    from multiprocessing.synchronize import SemLock as _SemLock
+except ImportError:  # no sem_open on this platform: nothing to rename
+    pass
+else:
+    _SemLock._make_name = staticmethod(_make_loky_semaphore_name)
