@@ -213,11 +213,11 @@ def test_pickler_class_with_own_reducer_override_is_respected():
 def test_class_name_resolves_in_a_fresh_process():
     # The worker side receives only the name: an importable class is used...
     code = (
-        "import sys; sys.path.insert(0, %r); "
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
         "from loky.backend import reduction as r; "
         "r.set_loky_pickler('test_reduction:OverridingPickler'); "
         "print(r.get_loky_pickler_name(), r.get_loky_pickler().__bases__[0].__name__)"
-    ) % os.path.dirname(__file__)
+    )
     out = _run_python(code)
     assert out.stdout.split() == [
         "test_reduction:OverridingPickler",
