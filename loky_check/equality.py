@@ -201,7 +201,7 @@ class _Comparer:
         if isinstance(a, tuple) and hasattr(type(a), "_fields"):
             return self._compare_fields(
                 [
-                    (f".{name}" if path else name, getattr(a, name), getattr(b, name))
+                    (f"{path}.{name}", getattr(a, name), getattr(b, name))
                     for name in a._fields
                 ],
                 path,
