@@ -1,0 +1,1 @@
+"""A small shop back office whose nightly settlement runs on loky workers."""

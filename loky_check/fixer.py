@@ -1,0 +1,511 @@
+"""Apply ``wrap_non_picklable_objects`` in the user's source (``--fix``/``--diff``).
+
+For every finding whose remedy is ``wrap`` and whose culprit is a function or
+class defined by a ``def``/``class`` statement in a source file, the rewrite
+adds ``@wrap_non_picklable_objects`` as the outermost decorator and the import
+``from loky import wrap_non_picklable_objects``. It works on a concrete syntax
+tree (libcst), so comments and formatting are kept, and it is idempotent: a
+definition that already carries the decorator is left alone.
+
+What cannot be rewritten (a lambda inline in an expression, a definition whose
+source cannot be found) becomes a :class:`ManualFix`: ``file:line`` and the
+change to make by hand.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+import sysconfig
+import tempfile
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import libcst as cst
+from libcst.codemod import CodemodContext
+from libcst.codemod.visitors import AddImportsVisitor
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+__all__ = [
+    "DECORATOR",
+    "DefinitionSite",
+    "FixError",
+    "FixPlan",
+    "ManualFix",
+    "add_wrap_decorators",
+    "apply_plan",
+    "plan_fixes",
+]
+
+DECORATOR = "wrap_non_picklable_objects"
+IMPORT_LINE = f"from loky import {DECORATOR}"
+
+
+class FixError(Exception):
+    """The rewrite cannot be applied; ``str()`` is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class DefinitionSite:
+    """A ``def``/``class`` to decorate: its file, qualified name and first line.
+
+    ``line`` is the code object's first line (the first decorator's line for a
+    decorated function) or None when unknown (classes); ``qualname`` is None
+    when only the line is known.
+    """
+
+    path: str
+    qualname: str | None
+    line: int | None
+    kind: str  # "def" or "class"
+
+    @property
+    def name(self) -> str:
+        return (self.qualname or "?").rpartition(".")[2]
+
+
+@dataclass(frozen=True)
+class ManualFix:
+    """A culprit the rewrite cannot reach: where it is and what to do."""
+
+    location: str
+    advice: str
+
+    def __str__(self) -> str:
+        return f"{self.location}  {self.advice}"
+
+
+@dataclass
+class FileRewrite:
+    path: str
+    old: str
+    new: str
+    # (line, "def name") of each decorator added, for the summary.
+    added: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass
+class FixPlan:
+    """Everything ``--fix`` would change, computed without writing anything."""
+
+    rewrites: list[FileRewrite] = field(default_factory=list)
+    manual: list[ManualFix] = field(default_factory=list)
+    # Definitions that already carry the decorator (nothing to do).
+    already: list[str] = field(default_factory=list)
+    # The findings the rewrite takes care of (decorated now or already).
+    fixed: list[Any] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[FileRewrite]:
+        return [r for r in self.rewrites if r.new != r.old]
+
+    def diff(self) -> str:
+        """The unified diff of every change, paths relative to the current folder."""
+        chunks = []
+        for rewrite in self.changed:
+            shown = _display_path(rewrite.path)
+            chunks.extend(
+                difflib.unified_diff(
+                    rewrite.old.splitlines(keepends=True),
+                    rewrite.new.splitlines(keepends=True),
+                    fromfile=f"a/{shown}",
+                    tofile=f"b/{shown}",
+                )
+            )
+        text = "".join(chunks)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        return text
+
+    def summary_lines(self, *, applied: bool) -> list[str]:
+        verb = "added" if applied else "would add"
+        lines = []
+        for rewrite in self.changed:
+            for line, what in rewrite.added:
+                lines.append(
+                    f"{_display_path(rewrite.path)}:{line}  {verb} @{DECORATOR} to {what}"
+                )
+        lines.extend(f"{item}" for item in self.manual)
+        return lines
+
+
+# -- locating the definition behind a finding --------------------------------
+
+
+def _display_path(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith(os.pardir) else relative
+
+
+def _library_roots() -> list[str]:
+    paths = sysconfig.get_paths()
+    roots = {paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return [os.path.realpath(r) + os.sep for r in roots if r]
+
+
+def _is_library_file(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real.startswith(root) for root in _library_roots())
+
+
+def _unwrap_definition(obj: Any) -> Any:
+    """The function or class behind a culprit, or None."""
+    if isinstance(obj, (types.MethodType,)):
+        obj = obj.__func__
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    if isinstance(obj, (types.FunctionType, type)):
+        return obj
+    kind = type(obj)
+    # An instance of a local or __main__ class: decorating the class fixes it.
+    if kind.__module__ == "__main__" or "<locals>" in kind.__qualname__:
+        return kind
+    return None
+
+
+def _source_file_of_class(cls: type) -> str | None:
+    import sys
+
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    # A local class of another module keeps its module's file; a class whose
+    # module was replaced (a script loaded as __main__) still has __file__.
+    return path if path and path.endswith(".py") else None
+
+
+def _parse_location(location: str | None) -> tuple[str, int] | None:
+    if not location:
+        return None
+    path, _, line = location.rpartition(":")
+    if not path or not line.isdigit():
+        return None
+    return path, int(line)
+
+
+def _site_for(finding: Any) -> DefinitionSite | ManualFix | None:
+    """Where to put the decorator for ``finding``, or the manual advice."""
+    definition = _unwrap_definition(getattr(finding, "culprit", None))
+    location = _parse_location(getattr(finding, "location", None))
+    if isinstance(definition, types.FunctionType):
+        code = definition.__code__
+        where = f"{_display_path(code.co_filename)}:{code.co_firstlineno}"
+        if definition.__name__ == "<lambda>":
+            return ManualFix(
+                where, _lambda_advice(code.co_filename, code.co_firstlineno, finding)
+            )
+        if not os.path.exists(code.co_filename) and location is None:
+            return ManualFix(
+                where, f"{_what(finding)}: no source file to rewrite; {_hand_advice()}"
+            )
+        return DefinitionSite(
+            code.co_filename, definition.__qualname__, code.co_firstlineno, "def"
+        )
+    if isinstance(definition, type):
+        path = _source_file_of_class(definition)
+        if path is not None:
+            return DefinitionSite(path, definition.__qualname__, None, "class")
+    if location is not None:
+        path, line = location
+        return DefinitionSite(path, None, line, "def")
+    return ManualFix(
+        getattr(finding, "path", "?"),
+        f"{_what(finding)}: no def or class to decorate; {_hand_advice()}",
+    )
+
+
+def _what(finding: Any) -> str:
+    return f"{getattr(finding, 'path', '?')} ({getattr(finding, 'category', '?')})"
+
+
+def _hand_advice() -> str:
+    return f"wrap the object by hand with loky.{DECORATOR}(...) where it is created"
+
+
+def _lambda_advice(path: str, line: int, finding: Any) -> str:
+    code = _lambda_source(path, line)
+    if code:
+        return (
+            f"{_what(finding)}: an inline lambda cannot take a decorator; change "
+            f"`{code}` to `{DECORATOR}({code})` (and import it from loky), or make it a module-level def"
+        )
+    return (
+        f"{_what(finding)}: an inline lambda cannot take a decorator; wrap it in "
+        f"{DECORATOR}(...) (from loky) by hand, or make it a module-level def"
+    )
+
+
+def _lambda_source(path: str, line: int) -> str | None:
+    """The text of the only lambda starting on ``line`` of ``path``, or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            module = cst.parse_module(f.read())
+    except (OSError, UnicodeDecodeError, cst.ParserSyntaxError):
+        return None
+    wrapper = MetadataWrapper(module)
+    positions = wrapper.resolve(PositionProvider)
+    found = [
+        node
+        for node, pos in positions.items()
+        if isinstance(node, cst.Lambda) and pos.start.line == line
+    ]
+    if len(found) != 1:
+        return None
+    text = " ".join(module.code_for_node(found[0]).split())
+    return text if len(text) <= 80 else None
+
+
+# -- the rewrite ---------------------------------------------------------------
+
+
+def _is_wrap_decorator(decorator: cst.Decorator) -> bool:
+    node = decorator.decorator
+    if isinstance(node, cst.Call):
+        node = node.func
+    if isinstance(node, cst.Name):
+        return node.value == DECORATOR
+    if isinstance(node, cst.Attribute):
+        return node.attr.value == DECORATOR
+    return False
+
+
+class _Finder(cst.CSTVisitor):
+    """Collect every def/class with its qualified name and its first lines."""
+
+    METADATA_DEPENDENCIES = (PositionProvider,)
+
+    def __init__(self) -> None:
+        self.scope: list[str] = []
+        self.found: list[tuple[cst.CSTNode, str, set[int], int]] = []
+
+    def _record(self, node: cst.FunctionDef | cst.ClassDef) -> None:
+        qualname = ".".join([*self.scope, node.name.value])
+        def_line = self.get_metadata(PositionProvider, node).start.line
+        lines = {def_line}
+        lines.update(
+            self.get_metadata(PositionProvider, d).start.line for d in node.decorators
+        )
+        self.found.append((node, qualname, lines, def_line))
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self._record(node)
+        self.scope.extend([node.name.value, "<locals>"])
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
+        del self.scope[-2:]
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self._record(node)
+        self.scope.append(node.name.value)
+
+    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
+        self.scope.pop()
+
+
+class _Decorate(cst.CSTTransformer):
+    def __init__(self, targets: set[cst.CSTNode]) -> None:
+        self.targets = targets
+
+    def _decorate(self, original: cst.CSTNode, updated: Any) -> Any:
+        if original not in self.targets:
+            return updated
+        # Outermost decorator: it wraps what the other decorators produced. The
+        # def's own leading lines (comments above it) render before all
+        # decorators, so they stay where they were.
+        decorator = cst.Decorator(decorator=cst.Name(DECORATOR))
+        return updated.with_changes(decorators=[decorator, *updated.decorators])
+
+    def leave_FunctionDef(
+        self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
+    ):
+        return self._decorate(original_node, updated_node)
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef):
+        return self._decorate(original_node, updated_node)
+
+
+@dataclass
+class _SourceResult:
+    new: str
+    added: list[tuple[int, str]]
+    already: list[str]
+    missing: list[DefinitionSite]
+
+
+def add_wrap_decorators(source: str, sites: Sequence[DefinitionSite]) -> _SourceResult:
+    """Decorate the definitions ``sites`` name in ``source``; idempotent.
+
+    A site matches a def/class by qualified name, disambiguated by line when
+    several share the name; a site without qualname matches the definition
+    starting on its line. Raises ``cst.ParserSyntaxError`` on invalid source.
+    """
+    module = cst.parse_module(source)
+    wrapper = MetadataWrapper(module)
+    finder = _Finder()
+    wrapper.visit(finder)
+    targets: set[cst.CSTNode] = set()
+    added: list[tuple[int, str]] = []
+    already: list[str] = []
+    missing: list[DefinitionSite] = []
+    for site in sites:
+        candidates = [
+            entry
+            for entry in finder.found
+            if (site.qualname is None or entry[1] == site.qualname)
+            and (site.kind == "class") == isinstance(entry[0], cst.ClassDef)
+        ]
+        if site.line is not None:
+            on_line = [entry for entry in candidates if site.line in entry[2]]
+            candidates = on_line
+        elif len(candidates) > 1:
+            # Redefinitions: the last one is the one bound at the end of the module.
+            candidates = candidates[-1:]
+        if len(candidates) != 1:
+            missing.append(site)
+            continue
+        node, qualname, _lines, def_line = candidates[0]
+        kind = "class" if isinstance(node, cst.ClassDef) else "def"
+        if any(_is_wrap_decorator(d) for d in node.decorators):
+            already.append(f"{kind} {qualname}")
+            continue
+        if node not in targets:
+            targets.add(node)
+            added.append((def_line, f"{kind} {qualname}"))
+    if not targets:
+        return _SourceResult(source, [], already, missing)
+    # The wrapper's module is the tree the metadata (and so `targets`) refers to.
+    new_module = wrapper.module.visit(_Decorate(targets))
+    context = CodemodContext()
+    AddImportsVisitor.add_needed_import(context, "loky", DECORATOR)
+    new_module = AddImportsVisitor(context).transform_module(new_module)
+    return _SourceResult(new_module.code, sorted(added), already, missing)
+
+
+def plan_fixes(findings: Iterable[Any]) -> FixPlan:
+    """Compute the rewrite for the ``wrap`` findings of a report; writes nothing."""
+    plan = FixPlan()
+    by_file: dict[str, list[DefinitionSite]] = {}
+    findings_at: dict[DefinitionSite, list[Any]] = {}
+    seen_manual: set[str] = set()
+
+    def manual(item: ManualFix) -> None:
+        if str(item) not in seen_manual:
+            seen_manual.add(str(item))
+            plan.manual.append(item)
+
+    for finding in findings:
+        if getattr(finding, "remedy", None) != "wrap":
+            continue
+        site = _site_for(finding)
+        if isinstance(site, ManualFix):
+            manual(site)
+            continue
+        if site is None:
+            continue
+        if _is_library_file(site.path):
+            manual(
+                ManualFix(
+                    f"{_display_path(site.path)}:{site.line or '?'}",
+                    f"{_what(finding)}: defined in an installed library; {_hand_advice()}",
+                )
+            )
+            continue
+        site = DefinitionSite(
+            os.path.abspath(site.path), site.qualname, site.line, site.kind
+        )
+        sites = by_file.setdefault(site.path, [])
+        if site not in sites:
+            sites.append(site)
+        findings_at.setdefault(site, []).append(finding)
+
+    for path, sites in by_file.items():
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                old = f.read()
+        except FileNotFoundError:
+            raise FixError(
+                f"cannot fix {_display_path(path)}: the file no longer exists"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FixError(
+                f"cannot fix {_display_path(path)}: cannot read it ({exc})"
+            ) from None
+        try:
+            result = add_wrap_decorators(old, sites)
+        except cst.ParserSyntaxError as exc:
+            raise FixError(
+                f"cannot fix {_display_path(path)}: it no longer parses "
+                f"(line {exc.raw_line}: {exc.message})"
+            ) from None
+        plan.already.extend(f"{_display_path(path)}: {what}" for what in result.already)
+        for site in result.missing:
+            line = f":{site.line}" if site.line else ""
+            manual(
+                ManualFix(
+                    f"{_display_path(path)}{line}",
+                    f"{site.kind} {site.qualname or '?'}: not found in the current source "
+                    f"(edited since it was loaded?); add @{DECORATOR} by hand",
+                )
+            )
+        plan.rewrites.append(FileRewrite(path, old, result.new, result.added))
+        for site in sites:
+            if site not in result.missing:
+                plan.fixed.extend(findings_at[site])
+    return plan
+
+
+def _check_writable(path: str) -> None:
+    shown = _display_path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FixError(f"cannot fix {shown}: the file no longer exists") from None
+    except OSError as exc:
+        raise FixError(f"cannot fix {shown}: {exc.strerror or exc}") from None
+    # The permission bits are honoured even for root, who could write anyway:
+    # a read-only file is a statement by its owner.
+    if not stat.S_ISREG(mode):
+        raise FixError(f"cannot fix {shown}: not a regular file")
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(
+        path, os.W_OK
+    ):
+        raise FixError(f"cannot fix {shown}: the file is read-only")
+    if not os.access(os.path.dirname(path) or ".", os.W_OK):
+        raise FixError(f"cannot fix {shown}: its folder is not writable")
+
+
+def apply_plan(plan: FixPlan) -> None:
+    """Write every changed file, or none: all files are checked first."""
+    changed = plan.changed
+    for rewrite in changed:
+        _check_writable(rewrite.path)
+        with open(rewrite.path, encoding="utf-8", newline="") as f:
+            if f.read() != rewrite.old:
+                raise FixError(
+                    f"cannot fix {_display_path(rewrite.path)}: it changed while loky-check ran"
+                )
+    for rewrite in changed:
+        _atomic_write(rewrite.path, rewrite.new)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step, keeping its permission bits."""
+    folder = os.path.dirname(path) or "."
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".loky-check-", suffix=".py.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
