@@ -18,7 +18,7 @@ from loky.backend.context import get_context
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX semaphores")
 
-NAME_RE = re.compile(r"^/loky-%d-[a-z0-9_]+$" % os.getpid())
+NAME_RE = re.compile(rf"^/loky-{os.getpid()}-[a-z0-9_]+$")
 
 
 def _shm_path(name: str) -> str:
