@@ -290,7 +290,12 @@ def make_finding(
         bare = _bare_instance(definition)
         wrap_fixes = bare is not None and wrap_round_trips(bare)
     remedy = taxonomy.choose_remedy(
-        category, wrap_fixes=wrap_fixes, obj=obj, definition=definition, exc=exc
+        category,
+        wrap_fixes=wrap_fixes,
+        obj=obj,
+        definition=definition,
+        exc=exc,
+        stage=culprit.stage,
     )
     type_name = (
         replay.qualified_name(definition)

@@ -363,7 +363,7 @@ def _function_children(fn: types.FunctionType) -> list[Child]:
     children: list[Child] = []
     code = fn.__code__
     closure = fn.__closure__ or ()
-    for name, cell in zip(code.co_freevars, closure):
+    for name, cell in zip(code.co_freevars, closure, strict=False):
         try:
             value = cell.cell_contents
         except ValueError:  # empty cell
@@ -440,7 +440,7 @@ def _state_children(obj: Any, state: Any) -> list[Child]:
         and len(state) == len(fields := dataclasses.fields(cls))
     ):
         # slots=True dataclasses pickle their fields as a list
-        return [Child(f".{f.name}", v) for f, v in zip(fields, state)]
+        return [Child(f".{f.name}", v) for f, v in zip(fields, state, strict=True)]
     return [Child(".<state>", state)]
 
 
@@ -495,8 +495,17 @@ def _constructor_steps(obj: Any, cls: Any, n: int) -> list[str]:
 
 
 def _reduce_children(obj: Any, rv: Any) -> list[Child]:
-    if not isinstance(rv, tuple) or not 2 <= len(rv) <= 6:
-        return []  # a string (global) or an invalid value: the node itself is at fault
+    if (
+        not isinstance(rv, tuple)
+        or not 2 <= len(rv) <= 6
+        or not isinstance(rv[1], tuple)
+    ):
+        user = _user_reducer_name(type(obj))
+        error = pickle.PicklingError(
+            f"{user or '__reduce__'} must return a string or a tuple of 2 to 6 items"
+            f" (args a tuple), got {safe_repr(rv, 40)}"
+        )
+        raise ReduceFailed(error, user or "__reduce_ex__", user is not None)
     func, args = rv[0], rv[1]
     state = rv[2] if len(rv) > 2 else None
     listitems = rv[3] if len(rv) > 3 else None
@@ -504,13 +513,10 @@ def _reduce_children(obj: Any, rv: Any) -> list[Child]:
     setter = rv[5] if len(rv) > 5 else None
     cls = type(obj)
     children: list[Child] = []
-    func_name = getattr(func, "__name__", "")
-    if not isinstance(args, tuple):
-        return []
-    if func_name == "__newobj__" and args:
+    if func is copyreg.__newobj__ and args:
         children.append(Child("", args[0], "class_of" if args[0] is cls else "value"))
         ctor_args = args[1:]
-    elif func_name == "__newobj_ex__" and len(args) == 3:
+    elif func is copyreg.__newobj_ex__ and len(args) == 3:
         children.append(Child("", args[0], "class_of" if args[0] is cls else "value"))
         ctor_args = tuple(args[1]) + tuple((args[2] or {}).values())
     elif func is copyreg._reconstructor and args:
@@ -523,7 +529,9 @@ def _reduce_children(obj: Any, rv: Any) -> list[Child]:
             children.append(Child(".<reducer>", func))
         ctor_args = args
     steps = _constructor_steps(obj, cls, len(ctor_args))
-    children.extend(Child(step, value) for step, value in zip(steps, ctor_args))
+    children.extend(
+        Child(step, value) for step, value in zip(steps, ctor_args, strict=True)
+    )
     if listitems is not None:
         children.extend(Child(f"[{i}]", v) for i, v in enumerate(listitems))
     if dictitems is not None:

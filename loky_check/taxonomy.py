@@ -278,12 +278,18 @@ def choose_remedy(
     obj: Any = None,
     definition: Any = None,
     exc: BaseException | None = None,
+    stage: str = "dump",
 ) -> str:
     """The remedy for a category, skipping ``wrap`` unless it was verified."""
     options = REMEDIES[category]
     if category == "not_importable":
-        module = sys.modules.get(str(_definition_attr(definition or obj, "__module__")))
-        return "pickle_by_value" if module is not None else "move_to_module"
+        # The parent imports the module but the worker cannot: send its code by
+        # value. The parent itself cannot find the name: move the definition.
+        target = definition if definition is not None else obj
+        module = sys.modules.get(str(_definition_attr(target, "__module__")))
+        if stage == "load" and module is not None:
+            return "pickle_by_value"
+        return "move_to_module"
     if category == "c_extension":
         create = tuple(
             t for t in (_resolve(m, n) for m, n in _CREATE_IN_WORKER_C_TYPES) if t
