@@ -139,14 +139,15 @@ _UNSET = _Unset()
 class _Comparer:
     """Depth-first comparison that stops at the first difference.
 
-    ``pairs`` maps ``id(expected)`` to ``id(actual)`` for mutable objects
-    already compared: it breaks cycles and detects aliasing that the copy
-    introduced or lost (two distinct lists in the original that are one list in
-    the copy, or the reverse).
+    Mutable objects are tracked by identity: a pair (original, copy) already
+    compared is not compared again (cycles terminate), and a copy object that
+    stands for two distinct originals is aliasing the copy introduced (mutating
+    one would change the other). Sharing the copy lost is not a difference:
+    strategies like ``st.just([])`` share by accident.
     """
 
     def __init__(self) -> None:
-        self.pairs: dict[int, int] = {}
+        self.visited: set[tuple[int, int]] = set()
         self.reverse: dict[int, int] = {}
         self.paths: dict[int, str] = {}
         self.keep_alive: list[Any] = []
@@ -187,8 +188,14 @@ class _Comparer:
             )
         if not _is_shareable(a):
             # mutable: check that sharing is the same on both sides (also breaks cycles)
-            if id(a) in self.pairs or id(b) in self.reverse:
-                return self._check_alias(a, b, where)
+            if (id(a), id(b)) in self.visited:
+                return None
+            if self.reverse.get(id(b), id(a)) != id(a):
+                first = self.paths.get(self.reverse[id(b)], "another part")
+                return (
+                    f"{where}: is the same object as {first} in the copy"
+                    " but not in the original (aliasing)"
+                )
             self._remember(a, b, where)
 
         np = _numpy()
@@ -249,20 +256,10 @@ class _Comparer:
     # -- helpers ---------------------------------------------------------------
 
     def _remember(self, a: Any, b: Any, where: str) -> None:
-        self.pairs[id(a)] = id(b)
-        self.reverse[id(b)] = id(a)
-        self.paths[id(a)] = where
+        self.visited.add((id(a), id(b)))
+        self.reverse.setdefault(id(b), id(a))
+        self.paths.setdefault(id(a), where)
         self.keep_alive.append((a, b))
-
-    def _check_alias(self, a: Any, b: Any, where: str) -> str | None:
-        if self.pairs.get(id(a)) == id(b):
-            return None  # the same pair again (a cycle or shared in both): consistent
-        if id(a) in self.pairs:
-            first = self.paths[id(a)]
-            return f"{where}: is the same object as {first} in the original but not in the copy"
-        original = self.reverse[id(b)]
-        first = self.paths.get(original, "another part")
-        return f"{where}: is the same object as {first} in the copy but not in the original (aliasing)"
 
     def _compare_fields(
         self, fields: list[tuple[str, Any, Any]], path: str
