@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -428,6 +429,16 @@ def _write_summary(
         terminalreporter.write_line("")
         for line in _render_findings(settings.findings, color):
             terminalreporter.write_line(line)
+    if settings.reducers:
+        held = sum(1 for r in settings.reducers if r.get("ok"))
+        if settings.findings:
+            terminalreporter.write_line("")
+        terminalreporter.write_line(
+            f"reducers: {held} of {len(settings.reducers)} hold"
+        )
+        for result in settings.reducers:
+            terminalreporter.write_line("")
+            terminalreporter.write_line(result.get("block") or result["type"])
     for error in settings.errors:
         terminalreporter.write_line(
             f"{error['test']}  call site: {error['call_site']}: the check could not run: "
@@ -462,7 +473,10 @@ def _write_json(settings: _Settings) -> None:
         "findings": findings,
     }
     if settings.reducers:
-        data["reducers"] = settings.reducers
+        data["reducers"] = [
+            {key: value for key, value in result.items() if key != "block"}
+            for result in settings.reducers
+        ]
     path = os.path.abspath(settings.json_path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as stream:
@@ -499,27 +513,44 @@ def _import_reducer_module(name: str, rootdir: str):
 
 
 def _reducer_items(session: pytest.Session, settings: _Settings) -> list[pytest.Item]:
-    from pathlib import Path
+    """One item per registered reducer, reported like a collected module."""
+    from loky_check.reducers import discover_reducers
 
-    from loky_check.reducers import registered_reducer_types
-
-    modules = [
+    for name in dict.fromkeys(settings.reducer_modules):
         _import_reducer_module(name, str(session.config.rootpath))
-        for name in dict.fromkeys(settings.reducer_modules)
-    ]
-    module_file = next(
-        (Path(m.__file__) for m in modules if getattr(m, "__file__", None)),
-        session.config.rootpath,
+    collector = _ReducerCollector.from_parent(
+        session, name="loky-reducers", nodeid="loky-reducers"
     )
-    items = []
-    for type_ in registered_reducer_types():
-        name = f"reducer[{type_.__module__}.{type_.__qualname__}]"
-        items.append(
-            ReducerItem.from_parent(
-                session, name=name, nodeid=name, path=module_file, reducer_type=type_
+    collector.reducer_types = {}
+    for entry in discover_reducers():  # the latest registration of a name wins
+        type_ = entry.cls
+        collector.reducer_types[f"{type_.__module__}.{type_.__qualname__}"] = type_
+    ihook = session.ihook
+    ihook.pytest_collectstart(collector=collector)
+    report = ihook.pytest_make_collect_report(collector=collector)
+    ihook.pytest_collectreport(report=report)
+    return list(report.result) if report.passed else []
+
+
+class _ReducerCollector(pytest.Collector):
+    reducer_types: dict[str, type]
+
+    def collect(self) -> list[pytest.Item]:
+        items = []
+        for type_name, type_ in self.reducer_types.items():
+            name = f"reducer[{type_name}]"
+            module = sys.modules.get(type_.__module__)
+            path = getattr(module, "__file__", None)
+            items.append(
+                ReducerItem.from_parent(
+                    self,
+                    name=name,
+                    nodeid=name,
+                    path=Path(path) if path else self.path,
+                    reducer_type=type_,
+                )
             )
-        )
-    return items
+        return items
 
 
 class ReducerItem(pytest.Item):
@@ -570,7 +601,8 @@ class _ReducerReports:
         if isinstance(item, ReducerItem) and call.when == "call" and item.results:
             data = getattr(report, _REPORT_ATTRIBUTE, None) or {}
             data["reducers"] = [
-                {**r.to_dict(), "test": item.nodeid} for r in item.results
+                {**r.to_dict(), "test": item.nodeid, "block": str(r)}
+                for r in item.results
             ]
             setattr(report, _REPORT_ATTRIBUTE, data)
         return report
