@@ -23,7 +23,7 @@ import warnings
 from multiprocessing import util
 
 try:
-    import _winapi
+    import _winapi  # noqa: F401  (looked up through globals() at call time)
 except ImportError:
     pass  # replaced by a fake in tests that drive the Windows code paths
 
@@ -253,7 +253,8 @@ class ResourceTracker:
             self._fd = self._pid = self._exitcode = None
         warnings.warn(
             "resource_tracker: process died unexpectedly, relaunching.  "
-            "Some resources might leak."
+            "Some resources might leak.",
+            stacklevel=3,
         )
 
     def _stop(self, use_blocking_lock: bool = True, **kwargs) -> None:
@@ -539,7 +540,9 @@ def main(fd: int, verbose: int = 0) -> None:
                                     util.debug(f"[ResourceTracker] unlink {name}")
                                 _CLEANUP_FUNCS[rtype](name)
                             except Exception as e:
-                                warnings.warn(f"resource_tracker: {name}: {e!r}")
+                                warnings.warn(
+                                    f"resource_tracker: {name}: {e!r}", stacklevel=1
+                                )
                     elif cmd == "PROBE":
                         pass
                     else:
@@ -565,7 +568,8 @@ def main(fd: int, verbose: int = 0) -> None:
                 try:
                     warnings.warn(
                         f"resource_tracker: There appear to be {len(leftovers)} "
-                        f"leaked {rtype} objects to clean up at shutdown: {leftovers}"
+                        f"leaked {rtype} objects to clean up at shutdown: {leftovers}",
+                        stacklevel=1,
                     )
                 except Exception:
                     pass
@@ -577,7 +581,7 @@ def main(fd: int, verbose: int = 0) -> None:
                 except Exception as e:
                     exit_code = 2
                     try:
-                        warnings.warn(f"resource_tracker: {name}: {e!r}")
+                        warnings.warn(f"resource_tracker: {name}: {e!r}", stacklevel=1)
                     except Exception:
                         pass
         if verbose:
