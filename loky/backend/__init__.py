@@ -7,6 +7,9 @@ synchronisation primitives use loky-style names (``/loky-<pid>-<random>``).
 
 import os
 
+# Import effects: the default pickler is chosen and the tracker client is
+# instantiated (with its at-fork hook) but not launched.
+from . import reduction, resource_tracker  # noqa: F401
 from .context import get_context
 
 __all__ = ["get_context"]
