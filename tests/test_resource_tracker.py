@@ -60,15 +60,18 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 def test_import_does_not_launch_the_tracker():
     out = _run_python(
         """
-        import threading
+        import sys, threading
         import loky
-        from loky.backend import resource_tracker as rt
-        print(rt._resource_tracker._fd, rt._resource_tracker._pid,
-              threading.active_count())
+        imported = {m: m in sys.modules for m in (
+            "loky.backend.resource_tracker", "loky.backend.reduction")}
+        from loky.backend import resource_tracker as rt, reduction
+        print(all(imported.values()), rt._resource_tracker._fd,
+              rt._resource_tracker._pid, threading.active_count(),
+              reduction.get_loky_pickler_name())
         """
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["None", "None", "1"]
+    assert out.stdout.split() == ["True", "None", "None", "1", "cloudpickle"]
 
 
 def test_module_api():
