@@ -127,12 +127,6 @@ def _find_member_descriptor(base: type):
     return None
 
 
-def _table_fingerprint(table) -> tuple:
-    if isinstance(table, ChainMap):
-        return (id(table), *(len(m) for m in table.maps))
-    return (id(table), len(table))
-
-
 def _is_importable_by_reference(obj) -> bool:
     """Whether ``obj`` (function or class) can be found again by module + qualname."""
     checker = getattr(
@@ -170,13 +164,13 @@ def _make_loky_pickler(base: type, by_value: bool) -> type:
     member = _find_member_descriptor(base)
     cache: dict[str, Any] = {"key": None, "table": None}
 
+    source = copyreg.dispatch_table if base_table is None else base_table
+    # Sizes of the underlying dicts (cheap to read) detect copyreg.pickle() and
+    # similar additions made after the cache was filled.
+    source_maps = list(source.maps) if isinstance(source, ChainMap) else [source]
+
     def _merged_table() -> dict:
-        source = copyreg.dispatch_table if base_table is None else base_table
-        key = (
-            _table_fingerprint(source),
-            _dispatch_table_version,
-            len(_dispatch_table),
-        )
+        key = (_dispatch_table_version, len(_dispatch_table), *map(len, source_maps))
         if cache["key"] != key:
             merged = dict(source)
             merged.update(_dispatch_table)
