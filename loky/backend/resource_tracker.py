@@ -428,7 +428,9 @@ def spawnv_passfds(path, args, passfds):
     """Start ``args`` with only ``passfds`` inherited; return ``(pid, handle)``."""
     if sys.platform == "win32":
         winapi = globals()["_winapi"]
-        cmd = " ".join(f'"{arg}"' for arg in args)
+        import subprocess
+
+        cmd = subprocess.list2cmdline(args)
         hp, ht, pid, _tid = winapi.CreateProcess(
             path, cmd, None, None, True, 0, None, None, None
         )
