@@ -70,7 +70,8 @@ _STAGE_CATEGORY = {
     "strategy": "other",
 }
 _STAGE_FIX = {
-    "dump": "fix the reducer so that it handles every value of the type.",
+    "dump": "make the reducer handle every value of the type (it must return"
+    " picklable arguments).",
     "load": "make the rebuild function accept every value the reducer produces"
     " (and importable in the worker).",
     "dump_back": "register the reducer in the worker too: at import time of the module"
@@ -87,6 +88,9 @@ _STAGE_FIX = {
 _COUNTEREXAMPLE_LIMIT = 200
 _BATCH_BYTES = 32 * 1024 * 1024
 _TRIP_TIMEOUT = 60.0
+# Crashes of the reusable executor's worker tolerated per check (each costs a
+# fresh pool) before shrinking stops.
+_MAX_RESPAWNS = 3
 _INDENT = " " * 9
 
 
@@ -161,7 +165,7 @@ class ReducerResult:
         lines.append(f"{_INDENT}{self.difference}  [{self.category}]")
         lines.append(
             f"{_INDENT}The example {_STAGE_TEXT.get(self.stage or '', 'failed')}"
-            f" ({self.source or 'reducer'})."
+            f" (reducer from {self.source or 'an explicit type'})."
         )
         fix = _STAGE_FIX.get(self.stage or "", "")
         if fix:
@@ -342,11 +346,15 @@ def _engine_path(obj: Any) -> str | None:
     return None
 
 
-def worker_round_trip(payloads: list[bytes], reducers: dict | None) -> list[tuple]:
+def worker_round_trip(
+    payloads: list[bytes], reducers: dict | None, with_paths: bool = False
+) -> list[tuple]:
     """Load each payload and pickle it back with loky's pickler, as a worker does.
 
     Runs in the worker. Returns, per payload, ``("ok", bytes, None)`` or
-    ``(stage, "ExcType: message", path)`` with stage ``load``/``dump_back``.
+    ``(stage, "ExcType: message", path)`` with stage ``load``/``dump_back``;
+    ``path`` (where the worker's pickler fails, from the engine) only when
+    ``with_paths`` is set, since it costs a diagnosis per failing example.
     """
     from loky.backend.reduction import dumps
 
@@ -360,7 +368,8 @@ def worker_round_trip(payloads: list[bytes], reducers: dict | None) -> list[tupl
         try:
             out.append(("ok", bytes(dumps(obj, reducers=reducers)), None))
         except (Exception, SystemExit) as exc:
-            out.append(("dump_back", _describe(exc), _engine_path(obj)))
+            path = _engine_path(obj) if with_paths else None
+            out.append(("dump_back", _describe(exc), path))
     return out
 
 
@@ -371,11 +380,23 @@ def worker_round_trip(payloads: list[bytes], reducers: dict | None) -> list[tupl
 @dataclasses.dataclass
 class _Outcome:
     stage: str  # "ok" or one of _STAGE_TEXT
-    detail: str | None = None
+    text: str | None = None
+    path: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.stage == "ok"
+
+    @property
+    def detail(self) -> str | None:
+        if self.text is None:
+            return None
+        text = self.text
+        if self.stage == "dump_back":
+            text += " (in the worker: is the reducer registered there?)"
+        elif self.stage == "load":
+            text += " (in the worker)"
+        return f"{text} at {self.path}" if self.path else text
 
 
 class _Abort(BaseException):
@@ -387,6 +408,7 @@ class _WorkerTrip:
 
     def __init__(self, executor: Any) -> None:
         self.owned = executor is None
+        self.respawns = 0
         self.executor = executor if executor is not None else self._reusable()
         self.job_reducers, self.result_reducers = _executor_reducers(self.executor)
 
@@ -399,12 +421,12 @@ class _WorkerTrip:
     def dump(self, example: Any) -> bytes:
         return bytes(_loky_reduction().dumps(example, reducers=self.job_reducers))
 
-    def __call__(self, payloads: list[bytes]) -> list[tuple]:
+    def __call__(self, payloads: list[bytes], with_paths: bool = False) -> list[tuple]:
         from concurrent.futures import TimeoutError as FutureTimeout
 
         try:
             future = self.executor.submit(
-                worker_round_trip, payloads, self.result_reducers
+                worker_round_trip, payloads, self.result_reducers, with_paths
             )
             return future.result(timeout=_TRIP_TIMEOUT)
         except FutureTimeout:
@@ -417,6 +439,11 @@ class _WorkerTrip:
             if self._broken():
                 if not self.owned:
                     raise _Abort(f"the executor broke: {_describe(exc)}") from exc
+                self.respawns += 1
+                if self.respawns > _MAX_RESPAWNS:
+                    raise _Abort(
+                        f"the worker keeps crashing: {_describe(exc)}"
+                    ) from exc
                 self.executor = self._reusable()  # a fresh pool for the next trip
             failure = ("worker", _describe(exc), None)
         return [failure] * len(payloads)
@@ -443,9 +470,7 @@ class _RoundTripper:
             try:
                 payload = self.trip.dump(example)
             except (Exception, SystemExit) as exc:
-                outcomes[index] = _failure(
-                    "dump", _describe(exc), _engine_path(example)
-                )
+                outcomes[index] = _Outcome("dump", _describe(exc))
                 continue
             known = self.answers.get(payload)
             if known is not None:
@@ -455,19 +480,20 @@ class _RoundTripper:
         for batch in _batches(pending):
             answers = self.trip([payload for _, payload in batch])
             for (index, payload), answer in zip(batch, answers, strict=True):
-                self.answers[payload] = answer
+                if answer[0] != "worker":  # a crash may be another example's fault
+                    self.answers[payload] = answer
                 outcomes[index] = self._judge(examples[index], answer)
         return outcomes  # type: ignore[return-value]
 
     def _judge(self, example: Any, answer: tuple) -> _Outcome:
         stage, data, path = answer
         if stage != "ok":
-            return _failure(stage, data, path)
+            return _Outcome(stage, data, path)
         try:
             copy = pickle.loads(data)
             second_copy = pickle.loads(data)
         except (Exception, SystemExit) as exc:
-            return _failure("load_back", _describe(exc), None)
+            return _Outcome("load_back", _describe(exc))
         found = difference(example, copy)
         if found is not None:
             return _Outcome("compare", found)
@@ -477,14 +503,20 @@ class _RoundTripper:
                 return _Outcome("alias", shared)
         return _Outcome("ok")
 
-
-def _failure(stage: str, text: str, path: str | None) -> _Outcome:
-    where = f" at {path}" if path else ""
-    if stage == "dump_back":
-        text += " (in the worker: is the reducer registered there?)"
-    elif stage == "load":
-        text += " (in the worker)"
-    return _Outcome(stage, f"{text}{where}")
+    def explain(self, example: Any, outcome: _Outcome) -> _Outcome:
+        """Add where the pickler fails (the engine's path) to a dump failure."""
+        if outcome.path is not None:
+            return outcome
+        if outcome.stage == "dump":
+            return dataclasses.replace(outcome, path=_engine_path(example))
+        if outcome.stage == "dump_back":
+            try:
+                (answer,) = self.trip([self.trip.dump(example)], with_paths=True)
+            except (Exception, SystemExit):
+                return outcome
+            if answer[0] == "dump_back" and answer[2]:
+                return dataclasses.replace(outcome, path=answer[2])
+        return outcome
 
 
 def _batches(pending: list[tuple[int, bytes]]) -> Iterable[list[tuple[int, bytes]]]:
@@ -606,13 +638,19 @@ def _check_entry(
     except _RoundTripFailure as failure:
         final = (failure.example, failure.outcome)
     except _Abort:
-        raise
+        if not seen:
+            raise
+        final, shrunk = seen[-1], False
     except Exception:  # Flaky and friends: keep the smallest failure seen
         final = seen[-1] if seen else None
     if final is None:  # hypothesis did not find it again: report it unshrunk
         final = (examples[failing[0]], outcomes[failing[0]])
         shrunk = False
     example, outcome = final
+    try:
+        outcome = tripper.explain(example, outcome)
+    except _Abort:
+        pass
     result.ok = False
     result.shrunk = shrunk
     result.example = example

@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import re
+import threading
 import warnings
 
 import numpy as np
@@ -451,3 +452,51 @@ def test_examples_really_cross_to_another_process(executor):
     pids = executor.submit(os.getpid).result()
     assert pids != os.getpid()
     assert re.search(r"in the worker", check_one(Interval, executor).difference)
+
+
+# -- exceptions come with the engine's path --------------------------------------
+
+
+@dataclasses.dataclass
+class Job:
+    name: str
+    locked: bool
+
+
+def _rebuild_job(name, extras):
+    return Job(name, bool(extras))
+
+
+def reduce_job_with_lock(job):
+    """Broken for some values: a locked job drags a real lock into the pickle."""
+    extras = {"guards": [threading.Lock()]} if job.locked else {}
+    return _rebuild_job, (job.name, extras)
+
+
+@pytest.fixture
+def job_reducer_in_parent():
+    reduction.register(Job, reduce_job_with_lock)
+    try:
+        yield
+    finally:
+        reduction._dispatch_table.pop(Job, None)
+        reduction._dispatch_table_version += 1
+
+
+def test_parent_side_exception_names_the_path(job_reducer_in_parent, executor):
+    result = check_one(Job, executor, max_examples=30)
+    assert not result.ok and result.stage == "dump"
+    assert result.counterexample == "Job(name='', locked=True)"
+    assert result.difference.startswith(
+        "TypeError: cannot pickle '_thread.lock' object at obj"
+    )
+    assert (
+        "['guards'][0]" in result.difference and "sync_primitive" in result.difference
+    )
+    assert "[reduce_error]" in str(result)
+
+
+def test_worker_side_exception_names_the_path(meter_reducer_in_parent_only):
+    result = check_one(Meter, None, max_examples=10)
+    assert result.stage == "dump_back"
+    assert " at obj" in result.difference
