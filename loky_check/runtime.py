@@ -1,0 +1,833 @@
+"""The executor's pickling check mode: ``pickle_check="warn" | "error" | "wrap"``.
+
+The executor calls :meth:`SubmitChecker.check_submit` from ``submit()`` (and so
+from every chunk of ``map()``), in the user's thread, before anything is queued.
+Workers call :func:`annotate_worker_failure` when a task fails to load or its
+result cannot be pickled back.
+
+Cost model (clean calls must stay cheap):
+
+* The call is pickled ONCE, with loky's pickler and the job reducers; those
+  bytes are the payload the executor sends, so nothing is pickled twice.
+* While pickling, a recording subclass of loky's pickler notes every object it
+  carries by a means standard pickle lacks: functions and classes pickled by
+  value (cloudpickle's ``reducer_override``) and objects reduced by a reducer
+  that is neither copyreg's nor the user's job reducers (sockets, code, cells,
+  memoryviews, ...). With a pickler without ``reducer_override`` (for example
+  ``LOKY_PICKLER=pickle``) a scan of the bytes for ``__main__`` replaces the
+  first half: such a reference cannot be loaded by a worker.
+* Each noted object is tried with standard pickle once per function code /
+  class / type (cached): most calls note nothing, so a clean call costs one
+  pickling plus a few dictionary look-ups.
+* Only a call that failed to pickle or noted a non-portable object pays for the
+  engine's diagnosis, and only once per call site and culprit set: the verdict
+  is cached under ``(call site, signature)``.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import dataclasses
+import functools
+import io
+import logging
+import os
+import pickle
+import re
+import sys
+import threading
+import types
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .report import Finding, Report
+
+__all__ = [
+    "LokyPicklingWarning",
+    "PicklingCheckError",
+    "SubmitChecker",
+    "annotate_worker_failure",
+]
+
+CHECK_MODES = ("off", "warn", "error", "wrap")
+
+# Caches are bounded so that a long-running program submitting ever new
+# functions cannot grow them without limit.
+_CACHE_LIMIT = 1024
+
+
+class LokyPicklingWarning(UserWarning):
+    """A submitted call that will not (portably) cross the process boundary.
+
+    The message is the engine's report; ``.report`` is the
+    :class:`~loky_check.report.Report` itself.
+    """
+
+    def __init__(self, message: str, report: Report | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):
+        return type(self), (str(self), _without_culprits(self.report))
+
+
+class PicklingCheckError(pickle.PicklingError):
+    """Raised by ``submit()``/``map()`` under ``pickle_check="error"``.
+
+    The message is the engine's report; ``.report`` is the report itself.
+    """
+
+    def __init__(self, message: str, report: Report | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):
+        # The report's findings hold the culprits, which by definition do not
+        # pickle: drop them so the error itself can travel (nested executors).
+        state = {k: v for k, v in vars(self).items() if k != "report"}
+        return type(self), (str(self), _without_culprits(self.report)), state or None
+
+
+def _without_culprits(report: Report | None) -> Report | None:
+    if report is None:
+        return None
+    return dataclasses.replace(
+        report, findings=[dataclasses.replace(f, culprit=None) for f in report.findings]
+    )
+
+
+###############################################################################
+# Recording loky pickler
+
+_MAIN_MARKER = b"__main__"
+# Types that loky or cloudpickle reduce specially although standard pickle
+# handles them natively: noting them would only cost a needless check.
+_STANDARD_TYPES = frozenset(
+    {
+        types.MethodType,
+        types.BuiltinMethodType,
+        type(list.append),  # method_descriptor
+        type(int.__add__),  # wrapper_descriptor
+        type(dict.__dict__["fromkeys"]),  # classmethod_descriptor
+        functools.partial,
+        logging.Logger,
+        logging.RootLogger,
+    }
+)
+
+
+class _Recording(threading.local):
+    """Where the shared recording reducers put what they see (per thread)."""
+
+    noted: list | None = None
+
+
+_recording = _Recording()
+
+
+def _noting(reduce: Callable) -> Callable:
+    def note_then_reduce(obj):
+        noted = _recording.noted
+        if noted is not None:
+            noted.append(obj)
+        return reduce(obj)
+
+    note_then_reduce.__wrapped__ = reduce
+    return note_then_reduce
+
+
+class _RecordingDumper:
+    """Pickles with loky's current pickler + job reducers, noting non-standard reductions."""
+
+    def __init__(self, job_reducers: dict | None) -> None:
+        self.job_reducers = dict(job_reducers or {})
+        self._classes: dict[type, tuple[type, bool]] = {}
+        # (key, reducers): the job reducers plus a noting wrapper around each
+        # non-standard reducer of loky's table, passed as the pickler's
+        # per-instance ``reducers`` (so no table is rebuilt per call).
+        self._reducers: tuple[tuple, dict] | None = None
+
+    def _recording_class(self, base: type) -> tuple[type, bool]:
+        entry = self._classes.get(base)
+        if entry is None:
+            base_override = getattr(base, "reducer_override", None)
+            namespace: dict[str, Any] = {"__module__": __name__}
+            if base_override is not None:
+
+                def reducer_override(self, obj):
+                    reduced = base_override(self, obj)
+                    if reduced is not NotImplemented:
+                        # Carried by value (cloudpickle): standard pickle may not.
+                        noted = _recording.noted
+                        if noted is not None:
+                            noted.append(obj)
+                    return reduced
+
+                namespace["reducer_override"] = reducer_override
+            cls = type(f"Recording{base.__name__}", (base,), namespace)
+            entry = self._classes[base] = (cls, base_override is not None)
+        return entry
+
+    def _recording_reducers(self, reduction, cls: type) -> dict:
+        key = (
+            cls,
+            getattr(reduction, "_dispatch_table_version", None),
+            len(reduction._dispatch_table),
+            len(copyreg.dispatch_table),
+        )
+        cached = self._reducers
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        # What an instance's table holds once loky merged the base, copyreg
+        # and register()-ed reducers.
+        table = _table_of(cls(io.BytesIO()))
+        reducers = {
+            type_: _noting(reduce)
+            for type_, reduce in table.items()
+            if type_ not in self.job_reducers
+            and type_ not in _STANDARD_TYPES
+            and copyreg.dispatch_table.get(type_) is not reduce
+        }
+        reducers.update(self.job_reducers)
+        self._reducers = (key, reducers)
+        return reducers
+
+    def dump(self, obj: Any) -> tuple[bytes, list, bool]:
+        """``(payload, noted objects, whether by-value objects were noted too)``."""
+        reduction = _reduction()
+        cls, records_by_value = self._recording_class(reduction.get_loky_pickler())
+        buf = io.BytesIO()
+        # protocol=None: exactly what the executor's feeder would have written.
+        pickler = cls(
+            buf, reducers=self._recording_reducers(reduction, cls), protocol=None
+        )
+        noted: list = []
+        previous, _recording.noted = _recording.noted, noted
+        try:
+            pickler.dump(obj)
+        finally:
+            _recording.noted = previous
+        return buf.getvalue(), noted, records_by_value
+
+
+@functools.cache
+def _engine() -> types.ModuleType:
+    from . import engine
+
+    return engine
+
+
+@functools.cache
+def _reduction() -> types.ModuleType:
+    from loky.backend import reduction
+
+    return reduction
+
+
+def _table_of(pickler) -> dict:
+    instance_dict = getattr(pickler, "__dict__", None)
+    table = instance_dict.get("dispatch_table") if instance_dict else None
+    return pickler.dispatch_table if table is None else table
+
+
+###############################################################################
+# Standard-pickle portability of noted objects
+
+_portable_cache: dict[Hashable, bool] = {}
+
+
+def _culprit_key(obj: Any) -> Hashable:
+    """What identifies a culprit across calls: a lambda recreated per call is one culprit."""
+    if isinstance(obj, types.FunctionType):
+        return obj.__code__
+    if isinstance(obj, type):
+        return obj
+    return type(obj)
+
+
+def _portable(obj: Any) -> bool:
+    """Whether standard pickle carries ``obj`` to a worker (cached per culprit key)."""
+    key = _culprit_key(obj)
+    verdict = _portable_cache.get(key)
+    if verdict is None:
+        try:
+            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            verdict = False
+        else:
+            # By reference to __main__: no worker can import it.
+            verdict = _MAIN_MARKER not in data
+        if len(_portable_cache) >= _CACHE_LIMIT:
+            _portable_cache.clear()
+        _portable_cache[key] = verdict
+    return verdict
+
+
+_MAIN_GLOBAL = re.compile(rb"\x8c\x08__main__\x94?\x8c([\x00-\xff])")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _main_references(payload: bytes) -> frozenset:
+    """Names a pickle loads from ``__main__`` (protocol 4+ STACK_GLOBAL pairs)."""
+    names = set()
+    for match in _MAIN_GLOBAL.finditer(payload):
+        start = match.end()
+        names.add(("__main__", payload[start : start + match.group(1)[0]]))
+    return frozenset(names or {("__main__", b"?")})
+
+
+###############################################################################
+# Call sites
+
+_internal_prefixes: tuple[str, ...] | None = None
+
+
+def _internal_dirs() -> tuple[str, ...]:
+    global _internal_prefixes
+    if _internal_prefixes is None:
+        import concurrent.futures
+
+        import loky
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        dirs = [
+            here,
+            os.path.join(os.path.dirname(here), "pytest_loky"),
+            os.path.dirname(os.path.abspath(loky.__file__)),
+            os.path.dirname(os.path.abspath(concurrent.futures.__file__)),
+        ]
+        prefixes = set()
+        for d in dirs:
+            prefixes.add(d + os.sep)
+            prefixes.add(os.path.realpath(d) + os.sep)
+        _internal_prefixes = tuple(prefixes)
+    return _internal_prefixes
+
+
+def _user_frame(frame) -> tuple[Any, int]:
+    """The first frame outside loky, loky_check, pytest_loky and concurrent.futures,
+    and its distance (as a ``stacklevel``) from ``frame``."""
+    prefixes = _internal_dirs()
+    level = 1
+    while frame is not None and frame.f_back is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(prefixes) and not os.path.abspath(
+            filename
+        ).startswith(prefixes):
+            break
+        frame = frame.f_back
+        level += 1
+    return frame, level
+
+
+def _call_site() -> tuple[str, int]:
+    frame, _ = _user_frame(sys._getframe(1))
+    if frame is None:
+        return ("<unknown>", 0)
+    return (frame.f_code.co_filename, frame.f_lineno)
+
+
+def _warn(message: str, report: Report) -> None:
+    _, level = _user_frame(sys._getframe(0))
+    warnings.warn(LokyPicklingWarning(message, report), stacklevel=level)
+
+
+###############################################################################
+# The checker
+
+
+def _is_process_chunk(fn: Any) -> bool:
+    module = sys.modules.get("loky.process_executor")
+    target = getattr(module, "_process_chunk", None)
+    if fn is target and target is not None:
+        return True
+    # A vendored copy of loky under another package name.
+    return getattr(fn, "__name__", None) == "_process_chunk" and str(
+        getattr(fn, "__module__", "")
+    ).endswith("process_executor")
+
+
+def _split_map_call(fn: Any, args: tuple, kwargs: dict) -> tuple[Callable, Any] | None:
+    """``(real function, chunk of argument tuples)`` for a chunk of ``map()``."""
+    if kwargs:
+        return None
+    if _is_process_chunk(fn) and len(args) == 2:
+        return args[0], args[1]
+    if (
+        isinstance(fn, functools.partial)
+        and _is_process_chunk(fn.func)
+        and len(fn.args) == 1
+        and not fn.keywords
+        and len(args) == 1
+    ):
+        return fn.args[0], args[0]
+    return None
+
+
+def _top_level_keys(call: Any) -> tuple:
+    """Culprit keys of the callable and each argument (of each ``map`` item)."""
+    try:
+        fn, args, kwargs = call
+    except (TypeError, ValueError):  # a map item: a tuple of arguments
+        return tuple(_culprit_key(v) for v in call)
+    split = _split_map_call(fn, args, kwargs)
+    if split is not None:
+        real_fn, chunk = split
+        values = [real_fn, *(v for item in chunk for v in item)]
+    else:
+        values = [fn, *args, *kwargs.values()]
+    return tuple(_culprit_key(v) for v in values)
+
+
+def _join_map_call(fn: Any, args: tuple, real_fn: Any, chunk: Any) -> tuple[Any, tuple]:
+    if isinstance(fn, functools.partial):
+        return functools.partial(fn.func, real_fn), (chunk,)
+    return fn, (real_fn, chunk)
+
+
+def _finding_key(finding: Finding) -> tuple:
+    """One culprit at one place: a lambda recreated by each call is the same
+    culprit (same summary and location); two functions are not."""
+    return (
+        finding.stage,
+        finding.argument,
+        finding.path,
+        finding.category,
+        finding.type,
+        finding.summary,
+        finding.location,
+    )
+
+
+@dataclasses.dataclass
+class _Verdict:
+    """The diagnosis of one (call site, signature), reused by later calls."""
+
+    report: Report
+    dump_failed: bool
+    wrap_keys: frozenset = frozenset()
+
+
+class SubmitChecker:
+    """The executor's submit hook for one ``pickle_check`` mode.
+
+    ``check_submit(fn, args, kwargs)`` returns ``(fn, args, kwargs, payload)``:
+    the call to send (wrapped under ``"wrap"``) and ``payload``, the call
+    already pickled with loky's pickler and ``job_reducers`` (or None when it
+    does not pickle, in which case the executor proceeds as without checks).
+    """
+
+    def __init__(self, mode: str, job_reducers: dict | None = None) -> None:
+        if not isinstance(mode, str) or mode not in CHECK_MODES:
+            raise ValueError(
+                "pickle_check must be one of 'off', 'warn', 'error', 'wrap' or None, "
+                f"got {mode!r}"
+            )
+        self.mode = mode
+        self.job_reducers = dict(job_reducers or {})
+        self._dumper = _RecordingDumper(self.job_reducers)
+        self._verdicts: dict[tuple, _Verdict] = {}
+        self._warned: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SubmitChecker({self.mode!r})"
+
+    # -- the fast path -----------------------------------------------------
+
+    def _dump(self, obj: Any) -> tuple[bytes | None, frozenset]:
+        """Pickle ``obj`` once; ``(payload, signature)``, signature empty when clean."""
+        try:
+            payload, noted, records_by_value = self._dumper.dump(obj)
+        except Exception as exc:  # anything a __reduce__ may raise
+            # The message rarely names the culprit (every lambda fails alike):
+            # the top-level values' keys tell calls apart.
+            message = _ADDRESS.sub("", str(exc))[:300]
+            return None, frozenset(
+                {("dump failed", type(exc).__qualname__, message, _top_level_keys(obj))}
+            )
+        signature = frozenset(_culprit_key(o) for o in noted if not _portable(o))
+        if not records_by_value and _MAIN_MARKER in payload:
+            signature |= _main_references(payload)
+        return payload, signature
+
+    def check_submit(self, fn: Callable, args: tuple, kwargs: dict) -> tuple:
+        """Check one call before it is queued; see the class docstring."""
+        if self.mode == "off":
+            return fn, args, kwargs, None
+        payload, signature = self._dump((fn, args, kwargs))
+        if not signature:
+            return fn, args, kwargs, payload
+        return self._check_slow(fn, args, kwargs, payload, signature)
+
+    # -- the slow path: diagnose, then act on the mode ---------------------
+
+    def _check_slow(self, fn, args, kwargs, payload, signature) -> tuple:
+        # Severity follows loky's current pickler: it is part of the site.
+        site = (*_call_site(), _reduction().get_loky_pickler_name())
+        verdict = self._verdict(site, signature, fn, args, kwargs, payload is None)
+        report = verdict.report
+
+        if self.mode == "error" and (
+            verdict.dump_failed or any(f.severity == "error" for f in report.findings)
+        ):
+            raise PicklingCheckError(_error_text(report, verdict.dump_failed), report)
+
+        if self.mode == "wrap" and verdict.wrap_keys:
+            fn, args, kwargs, payload, verdict = self._wrap(
+                site, verdict, fn, args, kwargs, payload
+            )
+            report = verdict.report
+        self._warn_new(site, report.findings, report)
+        return fn, args, kwargs, payload
+
+    def _verdict(self, site, signature, fn, args, kwargs, dump_failed) -> _Verdict:
+        key = (site, signature)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._diagnose(fn, args, kwargs, dump_failed=dump_failed)
+            with self._lock:
+                if len(self._verdicts) >= _CACHE_LIMIT:
+                    self._verdicts.clear()
+                self._verdicts[key] = verdict
+        return verdict
+
+    def _wrap(self, site, verdict, fn, args, kwargs, payload) -> tuple:
+        """Wrap what cloudpickle carries, warn once per site about it, and
+        return the call, its new payload and the verdict on what is left."""
+        for _ in range(3):  # each round removes culprits; nesting is shallow
+            new_fn, new_args, new_kwargs, wrapped = _wrap_call(
+                fn, args, kwargs, verdict.wrap_keys
+            )
+            if not wrapped:
+                # A cached verdict about other culprits that failed alike.
+                verdict = self._diagnose(fn, args, kwargs, dump_failed=payload is None)
+                new_fn, new_args, new_kwargs, wrapped = _wrap_call(
+                    fn, args, kwargs, verdict.wrap_keys
+                )
+                if not wrapped:
+                    break
+            fn, args, kwargs = new_fn, new_args, new_kwargs
+            done = [
+                f for f in verdict.report.findings if _culprit_key(f.culprit) in wrapped
+            ]
+            self._warn_new(site, done, verdict.report, wrapped=True)
+            payload, signature = self._dump((fn, args, kwargs))
+            if not signature:
+                verdict = _Verdict(
+                    Report(verdict.report.target, verdict.report.pickler), False
+                )
+                break
+            verdict = self._verdict(site, signature, fn, args, kwargs, payload is None)
+            if not verdict.wrap_keys:
+                break
+        return fn, args, kwargs, payload, verdict
+
+    def _diagnose(self, fn, args, kwargs, dump_failed: bool) -> _Verdict:
+        from .engine import Argument, bind_arguments, check_call
+
+        split = _split_map_call(fn, args, kwargs)
+        if split is None:
+            report = check_call(fn, args, kwargs, pickler="pickle")
+            arguments = [
+                Argument("fn", None, "fn", fn),
+                *bind_arguments(fn, args, kwargs),
+            ]
+        else:
+            report = self._diagnose_map(check_call, *split)
+            arguments = [Argument("fn", None, "fn", split[0])]
+        report = self._drop_job_reduced(report, arguments)
+        wrap_keys = frozenset(
+            _culprit_key(f.culprit)
+            for f in report.findings
+            if f.severity in ("error", "warning")
+            and f.culprit is not None
+            and f.carried_by.get("cloudpickle")
+            and _wrappable_key(_culprit_key(f.culprit))
+        )
+        return _Verdict(report, dump_failed, wrap_keys)
+
+    def _diagnose_map(self, check_call, real_fn, chunk) -> Report:
+        """One engine run per distinct item signature (the first item always: it
+        diagnoses the function too)."""
+        report = None
+        seen: set[frozenset] = set()
+        for index, item in enumerate(chunk):
+            _, signature = self._dump(tuple(item))
+            if index and (not signature or signature in seen):
+                continue
+            seen.add(signature)
+            item_report = check_call(real_fn, tuple(item), {}, pickler="pickle")
+            item_report = self._drop_job_reduced(
+                item_report, _engine().bind_arguments(real_fn, tuple(item), {})
+            )
+            report = item_report if report is None else report.merge(item_report)
+        return (
+            report
+            if report is not None
+            else check_call(real_fn, (), {}, pickler="pickle")
+        )
+
+    def _drop_job_reduced(self, report: Report, arguments: list) -> Report:
+        """The engine tries standard pickle; job reducers carry their types anyway."""
+        if not self.job_reducers:
+            return report
+        types_ = tuple(t for t in self.job_reducers if isinstance(t, type))
+        values = {a.argument: a.value for a in arguments}
+        # Dropped: a culprit that is itself reduced, or one inside an argument
+        # that is (the engine's standard pickle walked into it).
+        kept = [
+            f
+            for f in report.findings
+            if not isinstance(f.culprit, types_)
+            and not isinstance(values.get(f.argument), types_)
+        ]
+        if len(kept) == len(report.findings):
+            return report
+        return dataclasses.replace(report, findings=kept)
+
+    def _warn_new(self, site, findings, report: Report, wrapped: bool = False) -> None:
+        """Warn about the findings not yet reported at this call site."""
+        findings = [f for f in findings if f.severity in ("error", "warning")]
+        with self._lock:
+            new = [
+                f
+                for f in findings
+                if (site, wrapped, _finding_key(f)) not in self._warned
+            ]
+            self._warned.update((site, wrapped, _finding_key(f)) for f in new)
+        if not new:
+            return
+        partial_report = Report(report.target, report.pickler, new)
+        text = str(partial_report)
+        if wrapped:
+            labels = ", ".join(dict.fromkeys(_where(f) for f in new))
+            text = (
+                f"pickle_check='wrap': wrapped {labels} with "
+                f"loky.wrap_non_picklable_objects so that the call pickles\n\n{text}"
+            )
+        _warn(text, partial_report)
+
+
+def _where(finding: Finding) -> str:
+    """``fn``, ``fn.args[0]`` or ``cb (args[1])``: the path, and the argument when
+    the path starts with a parameter name."""
+    if finding.path.startswith(finding.argument):
+        return finding.path
+    return f"{finding.path} ({finding.argument})"
+
+
+def _error_text(report: Report, dump_failed: bool) -> str:
+    if report.findings:
+        return str(report)
+    return f"{report.target}: the call cannot be pickled for the workers"
+
+
+# -- wrap mode ---------------------------------------------------------------
+
+
+def _wrappable_key(key: Hashable) -> bool:
+    # Never wrap every instance of a builtin type because one of them was a culprit.
+    return not (isinstance(key, type) and key.__module__ == "builtins")
+
+
+def _wrap_one(obj: Any, keys: frozenset, wrapped: set) -> Any:
+    from loky.cloudpickle_wrapper import (
+        CloudpickledObjectWrapper,
+        _wrap_non_picklable_objects,
+    )
+
+    if isinstance(obj, CloudpickledObjectWrapper):
+        return obj
+    if isinstance(obj, functools.partial):
+        before = len(wrapped)
+        func = _wrap_one(obj.func, keys, wrapped)
+        args = [_wrap_one(a, keys, wrapped) for a in obj.args]
+        kwargs = {
+            k: _wrap_one(v, keys, wrapped) for k, v in (obj.keywords or {}).items()
+        }
+        return (
+            obj if len(wrapped) == before else functools.partial(func, *args, **kwargs)
+        )
+    key = _culprit_key(obj)
+    if key not in keys:
+        return obj
+    wrapped.add(key)
+    # keep_wrapper=False: the worker gets the bare object back (cloudpickle
+    # carries it); classes are wrapped as objects, not turned into wrapper classes.
+    return _wrap_non_picklable_objects(obj, False)
+
+
+def _wrap_call(fn, args, kwargs, keys: frozenset) -> tuple:
+    """Wrap the culprits among the callable, the arguments and inside partials."""
+    wrapped: set = set()
+    split = _split_map_call(fn, args, kwargs)
+    if split is not None:
+        real_fn, chunk = split
+        new_fn = _wrap_one(real_fn, keys, wrapped)
+        new_chunk = [tuple(_wrap_one(a, keys, wrapped) for a in item) for item in chunk]
+        if isinstance(chunk, tuple):
+            new_chunk = tuple(new_chunk)
+        fn, args = _join_map_call(fn, args, new_fn, new_chunk)
+        return fn, args, kwargs, wrapped
+    fn = _wrap_one(fn, keys, wrapped)
+    args = tuple(_wrap_one(a, keys, wrapped) for a in args)
+    kwargs = {k: _wrap_one(v, keys, wrapped) for k, v in kwargs.items()}
+    return fn, args, kwargs, wrapped
+
+
+###############################################################################
+# Worker side
+
+
+def annotate_worker_failure(exc: BaseException, obj: Any, stage: str) -> None:
+    """Attach the engine's diagnosis to ``exc`` as exception notes.
+
+    ``stage`` is ``"result"`` (``obj``: the result or exception that failed to
+    pickle back to the parent) or ``"load"`` (``obj``: the payload bytes this
+    worker failed to load). Runs in the worker; the executor swallows anything
+    it raises.
+    """
+    from . import engine
+
+    if stage == "result":
+        inner = getattr(obj, "exc", None)
+        if not isinstance(obj, BaseException) and isinstance(inner, BaseException):
+            obj = inner  # the executor's exception-with-traceback envelope
+        name = "exception" if isinstance(obj, BaseException) else "result"
+        report = engine.diagnose_pickling_failure(obj, name=name, pickler="loky")
+        header = f"loky pickle_check: the task's {name} cannot be pickled back to the parent."
+    else:
+        report = _diagnose_load_failure(obj, exc)
+        header = "loky pickle_check: the task cannot be loaded in the worker."
+    if report is not None and report.findings:
+        _add_note(exc, f"{header}\n{report}")
+
+
+class _Unloadable:
+    """Stands for a global this worker cannot import (see ``_diagnose_load_failure``)."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
+    """Which argument of the call refers to what this worker cannot import.
+
+    The payload is loaded again with every missing global replaced by a
+    stand-in class named like it; the engine's taxonomy then classifies that
+    definition (``__main__`` function, local class, missing module...).
+    """
+    from . import engine, taxonomy
+
+    missing: dict[tuple[str, str], tuple[type, BaseException]] = {}
+
+    class Probe(pickle.Unpickler):
+        def find_class(self, module, name):
+            try:
+                return super().find_class(module, name)
+            except Exception as error:
+                if (module, name) not in missing:
+                    stand_in = type(name.rsplit(".", 1)[-1], (_Unloadable,), {})
+                    stand_in.__module__, stand_in.__qualname__ = module, name
+                    missing[(module, name)] = (stand_in, error)
+                return missing[(module, name)][0]
+
+    try:
+        fn, args, kwargs = Probe(io.BytesIO(payload)).load()
+    except Exception:
+        fn = args = kwargs = None  # not a missing global: no argument to name
+    if not missing:
+        return None
+    arguments = []
+    if fn is not None:
+        arguments = [engine.Argument("fn", None, "fn", fn)]
+        arguments += engine.bind_arguments(fn, tuple(args), dict(kwargs))
+    findings = []
+    for (module, name), (stand_in, error) in missing.items():
+        holder = next(
+            (a for a in arguments if _refers_to(a.value, stand_in)),
+            engine.Argument("call", None, "call", None),
+        )
+        main_ref = module in ("__main__", "__mp_main__")
+        category = taxonomy.categorize(
+            None, definition=stand_in, exc=error, main_ref=main_ref, stage="load"
+        )
+        remedy = taxonomy.choose_remedy(
+            category, wrap_fixes=False, definition=stand_in, exc=error, stage="load"
+        )
+        # wrap_fixes=True only keeps the texts from claiming that wrapping was
+        # tried: a worker cannot check it (the parent's check does).
+        texts = taxonomy.texts(
+            category,
+            remedy,
+            path=holder.root,
+            type_name=f"{module}.{name}",
+            definition=stand_in,
+            exc=error,
+            wrap_fixes=True,
+        )
+        findings.append(
+            Finding(
+                severity="error",
+                stage="load",
+                argument=holder.argument,
+                parameter=holder.parameter,
+                path=holder.root,
+                type=f"{module}.{name}",
+                category=category,
+                remedy=remedy,
+                message=f"{texts.message} ({taxonomy.describe_exception(error)})",
+                fix=texts.fix,
+                carried_by={p: False for p in engine.PICKLERS},
+                summary=f"{module}.{name}",
+            )
+        )
+    target = engine.describe_callable(fn) if fn is not None else "call"
+    return Report(
+        target=target, pickler=_reduction().get_loky_pickler_name(), findings=findings
+    )
+
+
+def _refers_to(value: Any, stand_in: type, depth: int = 3) -> bool:
+    """Shallow search: is the stand-in (or an instance of it) in ``value``?"""
+    if value is stand_in or isinstance(value, stand_in):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, functools.partial):
+        children = [value.func, *value.args, *(value.keywords or {}).values()]
+    elif isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        children = list(value)
+    else:
+        children = list(getattr(value, "__dict__", {}).values())
+    return any(_refers_to(child, stand_in, depth - 1) for child in children[:100])
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+        return
+    # Python 3.10: no add_note and the traceback ignores __notes__, so also put
+    # the note into the message itself.
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        try:
+            exc.__notes__ = notes
+        except Exception:
+            return
+    notes.append(note)
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]}\n{note}", *exc.args[1:])
+    else:
+        exc.args = (*exc.args, note)
