@@ -336,3 +336,17 @@ def test_connection_through_simple_queue_between_live_processes():
         sq.close()
         results.close()
     assert p.exitcode == 0
+
+
+class CrashingHookQueue(queues.Queue):
+    def _on_queue_feeder_error(self, e, obj):
+        raise ValueError("hook crashed")
+
+
+def test_failing_hook_does_not_kill_the_feeder(queue_factory, capfd):
+    q = queue_factory(CrashingHookQueue, 1)
+    q.put(Unpicklable(), timeout=10)
+    q.put("still fed", timeout=10)
+    assert q.get(timeout=10) == "still fed"
+    assert q._thread.is_alive()
+    assert "ValueError: hook crashed" in capfd.readouterr().err

@@ -453,3 +453,30 @@ def test_dupfd_uses_the_spawning_popen():
     assert popen.fds == [df.fd]
     assert (readable, writable) == (False, True)
     assert rebuild is _posix_reduction.rebuild_connection
+
+
+def _child_write(conn, sock):
+    conn.send("via spawned Connection")
+    conn.close()
+    sock.sendall(b"via spawned socket")
+    sock.close()
+
+
+def test_fd_objects_passed_at_spawn_with_loky_context():
+    from loky.backend.context import get_context
+
+    ctx = get_context("loky")
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    a, b = socket.socketpair()
+    p = ctx.Process(target=_child_write, args=(writer, a))
+    p.start()
+    try:
+        writer.close()
+        a.close()
+        assert reader.recv() == "via spawned Connection"
+        assert b.recv(100) == b"via spawned socket"
+    finally:
+        p.join(timeout=60)
+        reader.close()
+        b.close()
+    assert p.exitcode == 0

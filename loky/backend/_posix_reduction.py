@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from multiprocessing import util
 from multiprocessing.connection import Connection
 from multiprocessing.context import get_spawning_popen
 
@@ -76,4 +75,4 @@ def _platform_reducers() -> dict:
     return reducers
 
 
-__all__ = ["DupFd", "_mk_inheritable", "util"]
+__all__ = ["DupFd", "_mk_inheritable"]

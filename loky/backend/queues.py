@@ -216,7 +216,14 @@ class Queue(_mpQueue):
                 # The item never reached the pipe: give its slot back so that
                 # repeated failures never exhaust the queue's capacity.
                 queue_sem.release()
-                onerror(e, obj)
+                try:
+                    onerror(e, obj)
+                except BaseException:
+                    # A failing hook must not kill the feeder: later items
+                    # would silently never be sent.
+                    import traceback
+
+                    traceback.print_exc()
                 obj = None
 
     def _on_queue_feeder_error(self, e: BaseException, obj) -> None:
