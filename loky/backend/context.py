@@ -340,6 +340,8 @@ def _count_physical_cores_win32_powershell() -> int:
         creationflags=subprocess.CREATE_NO_WINDOW,
     )
     lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"unexpected PowerShell output: {completed.stdout!r}")
     return sum(int(line) for line in lines)
 
 
