@@ -25,6 +25,7 @@ import dataclasses
 import os
 import pickle
 import random
+import re
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable
@@ -56,7 +57,7 @@ _STAGE_TEXT = {
     "load_back": "raised while the parent loaded the worker's copy",
     "compare": "came back different from a loky worker",
     "alias": "came back sharing mutable state",
-    "worker": "the worker failed",
+    "worker": "crashed or hung the worker",
     "strategy": "no examples",
 }
 _STAGE_CATEGORY = {
@@ -326,6 +327,9 @@ def _entry_for(cls: type, executor: Any) -> ReducerEntry:
 
 def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    codes = re.search(r"exit codes of the workers are (\{[^}]*\})", text)
+    if codes:  # loky's TerminatedWorkerError: the exit code is what matters
+        return f"{type(exc).__name__}: the worker died (exit codes {codes.group(1)})"
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
