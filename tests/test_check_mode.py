@@ -350,18 +350,15 @@ def test_error_callable_depends_on_the_pickler(pickler):
 
 
 def test_wrap_callable_argument_and_partial(pickler):
-    executor = executor_for("wrap")
+    ex = executor_for("wrap")
 
     def submit_all():
         futures = []
         for n in range(3):
-            futures.append(
-                executor.submit(call_it, lambda v: v + 1, n)
-            )  # SITE-wrap-arg
-            futures.append(executor.submit(lambda v: v * 10, n))  # SITE-wrap-fn
-            futures.append(
-                executor.submit(functools.partial(call_it, lambda v: -v), n)
-            )  # SITE-wrap-partial
+            negate = functools.partial(call_it, lambda v: -v)
+            futures.append(ex.submit(call_it, lambda v: v + 1, n))  # SITE-wrap-arg
+            futures.append(ex.submit(lambda v: v * 10, n))  # SITE-wrap-fn
+            futures.append(ex.submit(negate, n))  # SITE-wrap-partial
         return futures
 
     futures, caught = recorded(submit_all)
