@@ -258,9 +258,19 @@ def _child_echo(in_queue, out_queue):
     out_queue.put("done")
 
 
-@pytest.mark.parametrize("method", ["loky", "loky_init_main", "spawn", "fork"])
-def test_queues_across_processes(method):
-    if method in ("spawn", "fork"):
+@pytest.fixture
+def stop_forkserver():
+    yield
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()
+
+
+@pytest.mark.parametrize(
+    "method", ["loky", "loky_init_main", "spawn", "fork", "forkserver"]
+)
+def test_queues_across_processes(method, stop_forkserver):
+    if method in ("spawn", "fork", "forkserver"):
         ctx = multiprocessing.get_context(method)
     else:
         ctx = get_context(method)

@@ -303,13 +303,31 @@ def _join(p):
     assert p.exitcode == 0
 
 
-@pytest.mark.parametrize("method", ["loky", "loky_init_main"])
-def test_event_and_condition_across_processes(method):
-    ctx = get_context(method)
-    cond = ctx.Condition()
-    event = ctx.Event()
-    sem = ctx.Semaphore(0)
+@pytest.fixture
+def stop_forkserver():
+    yield
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()
+
+
+@pytest.mark.parametrize(
+    "method", ["loky", "loky_init_main", "spawn", "fork", "forkserver"]
+)
+def test_event_and_condition_across_processes(method, stop_forkserver):
+    import multiprocessing
+
+    if method in ("loky", "loky_init_main"):
+        ctx = get_context(method)
+        cond, event, sem = ctx.Condition(), ctx.Event(), ctx.Semaphore(0)
+    else:
+        # loky primitives handed to processes of the stdlib start methods.
+        ctx = multiprocessing.get_context(method)
+        cond = synchronize.Condition()
+        event = synchronize.Event()
+        sem = synchronize.Semaphore(0)
     assert isinstance(cond, synchronize.Condition)
+    assert isinstance(event, synchronize.Event)
     p = _start(ctx, _child_notify, (cond, event, sem))
     try:
         assert sem.acquire(timeout=60)
