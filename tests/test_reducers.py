@@ -8,6 +8,7 @@ that is deliberately registered in the parent only.
 
 from __future__ import annotations
 
+import abc
 import copyreg
 import dataclasses
 import json
@@ -500,3 +501,34 @@ def test_worker_side_exception_names_the_path(meter_reducer_in_parent_only):
     result = check_one(Meter, None, max_examples=10)
     assert result.stage == "dump_back"
     assert " at obj" in result.difference
+
+
+class Backend(abc.ABC):
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None: ...
+
+
+class Client:
+    def __init__(self, backend: Backend):  # hinted, but nothing can build a Backend
+        self.backend = backend
+
+
+def test_unresolvable_hint_gets_a_clear_message(executor):
+    result = check_one(Client, executor)
+    assert not result.ok and result.stage == "strategy"
+    assert result.error.startswith("cannot build examples of test_reducers.Client: ")
+    assert "Backend" in result.error and "\n" not in result.error
+    assert "loky_check.register_strategy(Client," in result.error
+
+
+def test_passing_result_json_has_exactly_the_schema_keys(executor):
+    data = check_one(GoodPoint, executor, max_examples=5).to_dict()
+    assert list(data) == [
+        "type",
+        "reducer",
+        "examples",
+        "ok",
+        "counterexample",
+        "difference",
+    ]
+    assert data["ok"] is True and data["examples"] == 5
