@@ -146,13 +146,7 @@ class _Context:
 
 
 def _carried(tester: replay.Tester, obj: Any) -> bool:
-    # Fresh verdicts: culprits found earlier must not be masked here.
-    masked, tester.masked = tester.masked, set()
-    try:
-        status = tester.test(obj)
-    finally:
-        tester.masked = masked
-    return not status.bad
+    return not tester.test(obj).bad
 
 
 def carried_by(ctx: _Context, obj: Any) -> dict[str, bool]:
@@ -243,7 +237,8 @@ def _summary(obj: Any, definition: Any, type_name: str, location: str | None) ->
         name = getattr(definition, "__qualname__", "?")
         return f"instance of class {name}{at}"
     if isinstance(obj, types.FunctionType):
-        return f"function {obj.__qualname__}{at}"
+        name = obj.__name__ if obj.__name__ == "<lambda>" else obj.__qualname__
+        return f"function {name}{at}"
     if isinstance(obj, type):
         return f"class {obj.__qualname__}{at}"
     return type_name
@@ -373,8 +368,10 @@ def _check(
     status = ctx.tester.test(whole)
     findings: list[Finding] = []
     if status.bad:
-        walker = replay.Walker(ctx.tester, by_value_tester=ctx.by_value_tester())
         for argument in arguments:
+            # one walker per argument: an object shared by two arguments makes
+            # both fail, and both are named
+            walker = replay.Walker(ctx.tester, by_value_tester=ctx.by_value_tester())
             findings.extend(_diagnose_argument(argument, ctx, walker))
         if not findings and not status.ok:
             # Every part pickles alone but not together (shared state, a

@@ -81,16 +81,16 @@ class Tester:
         self.dispatch_table = dispatch_table
         self.reducer_override = reducer_override
         self._masked_dumps = masked_dumps
-        self.masked: set[int] = set()
 
-    def dumps(self, obj: Any) -> bytes:
-        if self.masked and self._masked_dumps is not None:
-            return self._masked_dumps(obj, self.masked)
+    def dumps(self, obj: Any, masked: set[int] | None = None) -> bytes:
+        """Pickle ``obj``; objects whose id is in ``masked`` stand for themselves."""
+        if masked and self._masked_dumps is not None:
+            return self._masked_dumps(obj, masked)
         return self._dumps(obj)
 
-    def test(self, obj: Any) -> Status:
+    def test(self, obj: Any, masked: set[int] | None = None) -> Status:
         try:
-            data = self.dumps(obj)
+            data = self.dumps(obj, masked)
         except BaseException as exc:  # noqa: BLE001 - anything a reducer raises
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -537,22 +537,44 @@ def _reduce_children(obj: Any, rv: Any) -> list[Child]:
     if dictitems is not None:
         for n, item in enumerate(dictitems):
             if isinstance(item, tuple) and len(item) == 2:
-                children.append(Child(_key_step(item[0]), item[1]))
                 children.append(Child(f".<key {n}>", item[0]))
+                children.append(Child(_key_step(item[0]), item[1]))
     children.extend(_state_children(obj, state))
     if setter is not None:
         children.append(Child(".<state setter>", setter))
     return children
 
 
+# Saved by the pickler's own opcodes: nothing below them.
+_ATOMIC = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        bytearray,
+        pickle.PickleBuffer,
+        type(Ellipsis),
+        type(NotImplemented),
+    }
+)
+
+
 def expand(obj: Any, tester: Tester) -> list[Child]:
     """The children the pickler saves for ``obj``; raises ReduceFailed."""
     cls = type(obj)
+    if cls in _ATOMIC:
+        return []
     if cls in (tuple, list):
         return [Child(f"[{i}]", v) for i, v in enumerate(obj)]
     if cls is dict:
-        children = [Child(_key_step(k), v) for k, v in obj.items()]
-        children.extend(Child(f".<key {n}>", k) for n, k in enumerate(obj))
+        children = []
+        for n, (key, value) in enumerate(obj.items()):  # pickler order: key, value
+            children.append(Child(f".<key {n}>", key))
+            children.append(Child(_key_step(key), value))
         return children
     if cls in (set, frozenset):
         return [Child(f".<item {n}>", v) for n, v in enumerate(obj)]
@@ -614,20 +636,24 @@ class _Node:
     culprits_seen: int = 0
 
 
-def _find_bad(children: list[Child], tester: Tester) -> list[tuple[Child, Status]]:
+def _find_bad(
+    children: list[Child], tester: Tester, masked: set[int]
+) -> list[tuple[Child, Status]]:
     """The children that fail, testing small groups one by one and big ones by halves."""
     if len(children) <= _BISECT_THRESHOLD:
         out = []
         for child in children:
-            status = tester.test(child.obj)
+            status = tester.test(child.obj, masked)
             if status.bad:
                 out.append((child, status))
         return out
-    status = tester.test([c.obj for c in children])
+    status = tester.test([c.obj for c in children], masked)
     if not status.bad:
         return []
     mid = len(children) // 2
-    return _find_bad(children[:mid], tester) + _find_bad(children[mid:], tester)
+    return _find_bad(children[:mid], tester, masked) + _find_bad(
+        children[mid:], tester, masked
+    )
 
 
 def _is_ancestor(node: _Node, obj: Any) -> bool:
@@ -662,12 +688,14 @@ class Walker:
         self.max_culprits = max_culprits
         self.culprits: list[Culprit] = []
         self._seen: set[int] = set()
+        # culprits already found stand for themselves in later pickles
+        self.masked: set[int] = set()
         self._keepalive: list[Any] = []
 
     def walk(self, root: Any, path: str, status: Status | None = None) -> list[Culprit]:
         start = len(self.culprits)
         if status is None:
-            status = self.tester.test(root)
+            status = self.tester.test(root, self.masked)
         if not status.bad:
             return []
         self._walk(root, path, status, self.tester)
@@ -680,9 +708,7 @@ class Walker:
         self._seen.add(key)
         self._keepalive.append(key_obj)
         self.culprits.append(culprit)
-        for tester in (self.tester, self.by_value_tester):
-            if tester is not None:
-                tester.masked.add(key)
+        self.masked.add(key)
 
     def _walk(self, root: Any, path: str, status: Status, tester: Tester) -> None:
         stack = [_Node(root, path, status, culprits_seen=len(self.culprits))]
@@ -690,10 +716,10 @@ class Walker:
             node = stack.pop()
             if id(node.obj) in self._seen:
                 continue
-            if node.culprits_seen != len(self.culprits) and tester.masked:
+            if node.culprits_seen != len(self.culprits):
                 # Culprits found since this node was tested may have been its
                 # only problem: test again with them masked.
-                node.status = tester.test(node.obj)
+                node.status = tester.test(node.obj, self.masked)
                 if not node.status.bad:
                     continue
             self._visit(node, stack, tester)
@@ -725,7 +751,7 @@ class Walker:
         ):
             self._culprit(node, tester)
             return
-        bad = _find_bad(children, tester)
+        bad = _find_bad(children, tester, self.masked)
         if not bad:
             self._culprit(node, tester)
             return
@@ -786,7 +812,7 @@ class Walker:
         other = self.by_value_tester
         if other is None or tester.by_value or not taxonomy.is_definition(defn):
             return False
-        other_status = other.test(defn)
+        other_status = other.test(defn, self.masked)
         if not other_status.bad:
             return False
         before = len(self.culprits)
