@@ -615,6 +615,10 @@ def _check_entry(
         raise
     except Exception as exc:
         reason = " ".join(str(exc).split("\n", 1)[0].split()) or type(exc).__name__
+        # hypothesis' own advice is replaced by ours (register_strategy)
+        reason = re.sub(
+            r"[.;,]? *[Cc]onsider using register_type_strategy\.?$", "", reason
+        )
         return _errored(result, no_strategy_message(entry.cls, reason), "strategy")
     tripper = _RoundTripper(trip, entry.cls)
     outcomes = tripper.evaluate(examples)
