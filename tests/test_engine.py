@@ -368,9 +368,6 @@ def test_no_false_positives_on_a_corpus_of_picklable_objects():
 
 
 def _example_report():
-    def callback(x):
-        return x
-
     callback = lambda x: x  # noqa: E731 - the spec's example is a lambda
     cfg = Cfg([None, {"on_done": threading.Lock()}])
     return check_call(
