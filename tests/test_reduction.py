@@ -480,3 +480,16 @@ def test_fd_objects_passed_at_spawn_with_loky_context():
         reader.close()
         b.close()
     assert p.exitcode == 0
+
+
+class PurePythonPickler(pickle._Pickler):
+    pass
+
+
+def test_pure_python_pickler_class():
+    reduction.set_loky_pickler(PurePythonPickler)
+    assert reduction.get_loky_pickler().__bases__ == (PurePythonPickler,)
+    assert reduction.loads(reduction.dumps(lambda: 3))() == 3
+    payload = reduction.dumps(Point(2), reducers={Point: _reduce_point_to_int})
+    assert reduction.loads(payload) == 200
+    assert reduction.loads(reduction.dumps(functools.partial(max, 9)))(1) == 9
