@@ -532,3 +532,38 @@ def test_passing_result_json_has_exactly_the_schema_keys(executor):
         "difference",
     ]
     assert data["ok"] is True and data["examples"] == 5
+
+
+class Cached:
+    """Default pickling leaves the cached value out; the reducer carries it."""
+
+    def __init__(self, key: str, value: int):
+        self.key = key
+        self.value = value
+
+    def __getstate__(self):
+        return {"key": self.key}
+
+    def __repr__(self):
+        return f"Cached(key={self.key!r}, value={self.value!r})"
+
+
+def _rebuild_cached(key, value):
+    return Cached(key, value)
+
+
+def reduce_cached(cached):
+    return _rebuild_cached, (cached.key, cached.value)
+
+
+def test_reducer_in_parent_only_where_the_worker_pickles_back_differently(executor):
+    reduction.register(Cached, reduce_cached)
+    try:
+        result = check_one(Cached, executor)
+    finally:
+        reduction._dispatch_table.pop(Cached, None)
+        reduction._dispatch_table_version += 1
+    # the parent's own round trip is fine; the worker sends it back without the value
+    assert not result.ok and result.stage == "compare"
+    assert result.counterexample == "Cached(key='', value=0)"
+    assert result.difference == ".value: missing in the copy"
