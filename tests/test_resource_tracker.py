@@ -521,3 +521,34 @@ def test_worker_inherits_tracker_and_can_maybe_unlink(tmp_path):
     while os.path.exists(name) and time.monotonic() < deadline:
         time.sleep(0.01)  # the tracker processes its pipe asynchronously
     assert not os.path.exists(name)
+
+
+@POSIX_ONLY
+def test_owner_killed_resources_cleaned_with_warning(tmp_path):
+    target = tmp_path / "owned.bin"
+    target.write_bytes(b"x")
+    # stderr is a pipe the tracker inherits: run() returns once the tracker
+    # has cleaned up and exited too.
+    out = _run_python(
+        f"""
+        import os, signal
+        from loky.backend import resource_tracker, synchronize
+        lock = synchronize.Lock()
+        print(lock._semlock.name, flush=True)
+        resource_tracker.register({str(target)!r}, "file")
+        resource_tracker.ensure_running()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    assert out.returncode == -signal.SIGKILL
+    sem_name = out.stdout.strip()
+    assert not target.exists()
+    assert "There appear to be 1 leaked file objects to clean up at shutdown" in (
+        out.stderr
+    )
+    assert (
+        "There appear to be 1 leaked semlock objects to clean up at shutdown: "
+        f"{ ({sem_name: 1}) }"
+    ) in out.stderr
+    if os.path.isdir("/dev/shm"):
+        assert not os.path.exists("/dev/shm/sem." + sem_name.lstrip("/"))
