@@ -123,3 +123,15 @@ class Unpicklable:
 
 def _fail_to_rebuild():
     raise RuntimeError("cannot rebuild in the child")
+
+
+def nested_chain(conn, depth):
+    """Report this pid, start the next level (a LokyProcess) and wait for it;
+    the deepest level blocks until killed."""
+    conn.send(os.getpid())
+    if depth == 0:
+        conn.recv()
+        return
+    child = LokyProcess(target=nested_chain, args=(conn, depth - 1))
+    child.start()
+    child.join()
