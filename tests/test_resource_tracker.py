@@ -14,6 +14,8 @@ import warnings
 
 import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loky.backend import resource_tracker as rt
 from loky.backend.context import get_context
@@ -552,3 +554,18 @@ def test_owner_killed_resources_cleaned_with_warning(tmp_path):
     ) in out.stderr
     if os.path.isdir("/dev/shm"):
         assert not os.path.exists("/dev/shm/sem." + sem_name.lstrip("/"))
+
+
+@given(
+    cmd=st.sampled_from(["REGISTER", "UNREGISTER", "MAYBE_UNLINK", "PROBE"]),
+    rtype=st.sampled_from(["file", "folder", "semlock", "dummy"]),
+    name=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=60
+    ),
+    simple=st.booleans(),
+)
+def test_wire_format_round_trip(cmd, rtype, name, simple):
+    msg = rt._encode_message(cmd, name, rtype, simple)
+    assert msg.endswith(b"\n") and msg.count(b"\n") == 1
+    assert len(msg) <= 512
+    assert rt._decode_message(msg) == (cmd, rtype, name)
