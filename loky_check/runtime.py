@@ -748,8 +748,15 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
         return None
     arguments = []
     if fn is not None:
+        split = _split_map_call(fn, tuple(args), dict(kwargs))
+        if split is not None:  # a map() chunk: name the function and item arguments
+            fn, chunk = split
+            calls = [(tuple(item), {}) for item in chunk]
+        else:
+            calls = [(tuple(args), dict(kwargs))]
         arguments = [engine.Argument("fn", None, "fn", fn)]
-        arguments += engine.bind_arguments(fn, tuple(args), dict(kwargs))
+        for call_args, call_kwargs in calls:
+            arguments += engine.bind_arguments(fn, call_args, call_kwargs)
     findings = []
     for (module, name), (stand_in, error) in missing.items():
         holder = next(
@@ -816,9 +823,13 @@ def _refers_to(value: Any, stand_in: type, depth: int = 3) -> bool:
 def _add_note(exc: BaseException, note: str) -> None:
     if hasattr(exc, "add_note"):
         exc.add_note(note)
-        return
-    # Python 3.10: no add_note and the traceback ignores __notes__, so also put
-    # the note into the message itself.
+    else:
+        _append_note_py310(exc, note)
+
+
+def _append_note_py310(exc: BaseException, note: str) -> None:
+    """``add_note`` for Python 3.10, whose traceback ignores ``__notes__``: the
+    note also goes into the message so that it shows."""
     notes = getattr(exc, "__notes__", None)
     if not isinstance(notes, list):
         notes = []
