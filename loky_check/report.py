@@ -81,13 +81,19 @@ class Finding:
         """The block of the human report for this finding."""
         severity = f"{self.severity:<9}"
         if color:
-            severity = f"{_ANSI.get(self.severity, '')}{self.severity}{_ANSI_RESET}" + " " * (
-                9 - len(self.severity)
+            severity = (
+                f"{_ANSI.get(self.severity, '')}{self.severity}{_ANSI_RESET}"
+                + " " * (9 - len(self.severity))
             )
         lines = [f"{severity}{self.label}   {self.path}"]
         lines.append(f"{_BLOCK_INDENT}{self.summary or self.type}  [{self.category}]")
         if self.stage == "load":
-            lines.append(f"{_BLOCK_INDENT}(fails when loaded in the worker)")
+            where = (
+                "in the parent"
+                if self.argument in ("result", "exception")
+                else "in the worker"
+            )
+            lines.append(f"{_BLOCK_INDENT}(pickles, but fails when loaded {where})")
         if self.message:
             lines.extend(_BLOCK_INDENT + line for line in self.message.splitlines())
         if self.fix:
@@ -114,9 +120,9 @@ class Report:
     @property
     def ok(self) -> bool:
         """True when no finding is an error or a warning and every reducer held."""
-        return not any(f.severity in ("error", "warning") for f in self.findings) and all(
-            getattr(r, "ok", True) for r in self.reducers
-        )
+        return not any(
+            f.severity in ("error", "warning") for f in self.findings
+        ) and all(getattr(r, "ok", True) for r in self.reducers)
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -126,14 +132,20 @@ class Report:
         for severity in SEVERITIES:
             n = self.count(severity)
             if n:
-                parts.append(f"{n} {severity}{'' if n == 1 or severity == 'info' else 's'}")
+                parts.append(
+                    f"{n} {severity}{'' if n == 1 or severity == 'info' else 's'}"
+                )
         failed = sum(1 for r in self.reducers if not getattr(r, "ok", True))
         if self.reducers:
-            parts.append(f"{len(self.reducers) - failed}/{len(self.reducers)} reducers hold")
+            parts.append(
+                f"{len(self.reducers) - failed}/{len(self.reducers)} reducers hold"
+            )
         return ", ".join(parts) if parts else "ok"
 
     def render(self, color: bool = False) -> str:
-        lines = [f"loky-check  {self.target}   pickler: {self.pickler}   {self.headline()}"]
+        lines = [
+            f"loky-check  {self.target}   pickler: {self.pickler}   {self.headline()}"
+        ]
         for finding in self.findings:
             lines.append("")
             lines.append(finding.render(color=color))
@@ -169,7 +181,9 @@ class Report:
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Errors first, then warnings, then notes; stable within a severity."""
-    return sorted(findings, key=lambda f: _SEVERITY_RANK.get(f.severity, len(SEVERITIES)))
+    return sorted(
+        findings, key=lambda f: _SEVERITY_RANK.get(f.severity, len(SEVERITIES))
+    )
 
 
 def dedupe_findings(findings: Iterable[Finding]) -> list[Finding]:
