@@ -157,7 +157,11 @@ def test_launch_is_a_direct_child_and_idempotent(tracker):
     pid, fd = tracker._pid, tracker._fd
     child = psutil.Process(pid)
     assert child.ppid() == os.getpid()
-    assert "resource_tracker" in " ".join(child.cmdline())
+    # Right after the fork the child may not have exec'ed yet: wait for it.
+    deadline = time.monotonic() + 30
+    while "resource_tracker" not in " ".join(child.cmdline()):
+        assert time.monotonic() < deadline, child.cmdline()
+        time.sleep(0.01)
     tracker.ensure_running()
     assert tracker.getfd() == fd
     assert tracker._pid == pid
