@@ -135,3 +135,12 @@ def nested_chain(conn, depth):
     child = LokyProcess(target=nested_chain, args=(conn, depth - 1))
     child.start()
     child.join()
+
+
+def fork_grandchild_then_exit(conn):
+    """Start a forked grandchild that blocks, report its pid, exit at once."""
+    ctx = multiprocessing.get_context("fork")
+    grandchild = ctx.Process(target=block_on, args=(conn,))
+    grandchild.start()
+    conn.send(grandchild.pid)
+    os._exit(0)

@@ -18,6 +18,7 @@ from test_launch_targets import (
     block_on,
     echo_back,
     exit_with,
+    fork_grandchild_then_exit,
     raise_error,
     report_env,
     report_fds,
@@ -392,3 +393,67 @@ def test_child_stderr_has_no_warning(capfd):
     _, err = capfd.readouterr()
     assert p.exitcode == 0
     assert "Warning" not in err, err
+
+
+def test_sentinel_fires_even_if_a_forked_grandchild_lives_on():
+    r, w = multiprocessing.Pipe()
+    p = LokyProcess(target=fork_grandchild_then_exit, args=(w,))
+    p.start()
+    w.close()
+    messages = [r.recv(), r.recv()]
+    grandchild_pid = next(m for m in messages if m != "ready")
+    try:
+        # The grandchild still runs, yet the child's exit is seen.
+        assert wait([p.sentinel], timeout=60) == [p.sentinel]
+        p.join()
+        assert p.exitcode == 0
+    finally:
+        os.kill(grandchild_pid, signal.SIGKILL)
+
+
+def test_popen_api():
+    from loky.backend import popen_loky_posix
+
+    r, w = multiprocessing.Pipe()
+    p = LokyProcess(target=block_on, args=(w,))
+    p.start()
+    try:
+        popen = p._popen
+        assert isinstance(popen, popen_loky_posix.Popen)
+        assert popen.method == "loky"
+        assert popen.pid == p.pid
+        assert popen.sentinel == p.sentinel
+        assert popen.thread_is_spawning() is True
+        assert r.recv() == "ready"
+        assert popen.poll() is None
+        assert popen.wait(timeout=0) is None
+        assert popen.returncode is None
+        popen.kill()
+        assert popen.wait() == -signal.SIGKILL
+        assert popen.poll() == -signal.SIGKILL
+    finally:
+        p.join()
+    assert popen_loky_posix.Popen.DupFd(5).detach() == 5
+
+
+def test_unpicklable_process_fails_to_start_cleanly():
+    import threading as threading_module
+
+    def open_fds():
+        return set(os.listdir("/proc/self/fd"))
+
+    before_fds = open_fds()
+    before_children = set(multiprocessing.active_children())
+    p = LokyProcess(target=report_len, args=(None, threading_module.Lock()))
+    with pytest.raises(TypeError, match="lock"):
+        p.start()
+    assert set(multiprocessing.active_children()) == before_children
+    assert open_fds() <= before_fds | {str(fd) for fd in _tracker_fds()}
+
+
+def _tracker_fds():
+    from multiprocessing.resource_tracker import _resource_tracker as mp_tracker
+
+    from loky.backend.resource_tracker import _resource_tracker
+
+    return [fd for fd in (mp_tracker._fd, _resource_tracker._fd) if fd is not None]

@@ -196,6 +196,7 @@ def main() -> None:
             try:
                 prep_data = pickle.load(from_parent)
                 parent_sentinel = prep_data.pop("parent_sentinel", None)
+                _keep_sentinel_to_self(parent_sentinel)
                 spawn.prepare(prep_data)
                 process_obj = pickle.load(from_parent)
             finally:
@@ -210,6 +211,23 @@ def main() -> None:
         print(traceback.format_exc())
         print(f"\n{'-' * 80}\n", flush=True)
     sys.exit(exitcode)
+
+
+def _keep_sentinel_to_self(fd: int | None) -> None:
+    """The parent sees this process die when ``fd`` (the write end of its
+    sentinel pipe) closes: no grandchild may keep it open. Exec'ed children
+    lose it (close-on-exec); forked ones close it right after the fork."""
+    if fd is None:
+        return
+    os.set_inheritable(fd, False)
+
+    def close_inherited_sentinel():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    os.register_at_fork(after_in_child=close_inherited_sentinel)
 
 
 def _parse_args(argv: list[str]) -> tuple[str, int]:
