@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import faulthandler
 import gc
+import importlib.util
 import itertools
 import os
 import queue
@@ -72,24 +73,21 @@ from .backend import get_context
 from .backend.context import cpu_count
 from .backend.queues import Queue, SimpleQueue
 from .backend.reduction import get_loky_pickler_name, set_loky_pickler
+from .backend.utils import _format_exitcodes, kill_process_tree
 from .initializers import _prepare_initializer
 
-try:
-    from psutil import Process as _PsutilProcess
+# psutil is optional (no memory-leak recycling without it) and slow to
+# import: workers import it at their first memory check, not at start.
+_USE_PSUTIL = importlib.util.find_spec("psutil") is not None
 
-    _USE_PSUTIL = True
 
-    def _get_memory_usage(pid: int, force_gc: bool = False) -> int:
-        """Resident set size of process ``pid`` in bytes (after a gc if asked)."""
-        if force_gc:
-            gc.collect()
-        return _PsutilProcess(pid).memory_info().rss
+def _get_memory_usage(pid: int, force_gc: bool = False) -> int:
+    """Resident set size of process ``pid`` in bytes (after a gc if asked)."""
+    from psutil import Process
 
-except ImportError:  # psutil is optional: no memory-leak recycling without it
-    _USE_PSUTIL = False
-
-    def _get_memory_usage(pid: int, force_gc: bool = False) -> int:
-        raise RuntimeError("psutil is required to measure the memory usage")
+    if force_gc:
+        gc.collect()
+    return Process(pid).memory_info().rss
 
 
 # Names looked up at use time (callers and tests may reassign them).
@@ -475,6 +473,27 @@ def _annotate_worker_failure(exc: BaseException, obj, stage: str) -> None:
         pass
 
 
+def _wait_for_exit(pid, timeout):
+    """Block until process ``pid`` has exited (reapable), at most ``timeout`` s.
+
+    Uses a pidfd where available: it becomes readable exactly when the process
+    is a zombie, so no polling. Returns without waiting elsewhere.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return
+    try:
+        fd = pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        import select
+
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
 def _process_chunk(fn, chunk):
     """Run ``fn`` on a chunk of argument tuples (one task per chunk in map)."""
     return [fn(*args) for args in chunk]
@@ -784,6 +803,8 @@ class _ExecutorManagerThread(threading.Thread):
         # before it can be reaped: wait for exactly those, briefly, with no
         # fixed sleep when the exit codes are already there.
         for p in dead_processes:
+            if p.exitcode is None:
+                _wait_for_exit(p.pid, timeout=5.0)
             delay = 1e-4
             deadline = time.monotonic() + 1.0
             while p.exitcode is None and time.monotonic() < deadline:
@@ -791,8 +812,6 @@ class _ExecutorManagerThread(threading.Thread):
                 delay = min(delay * 2, 0.02)
         exit_codes = ""
         if sys.platform != "win32":
-            from .backend.utils import _format_exitcodes
-
             codes = [
                 p.exitcode
                 for p in list(self.processes.values())
@@ -920,8 +939,6 @@ class _ExecutorManagerThread(threading.Thread):
         self.kill_workers(reason="executor shutting down")
 
     def kill_workers(self, reason=""):
-        from .backend.utils import kill_process_tree
-
         mp_util.debug(f"Killing workers: {reason}")
         with self.processes_management_lock:
             processes = list(self.processes.items())
@@ -1075,7 +1092,7 @@ def _chain_from_iterable_of_lists(iterable):
 
 
 def _get_chunks(chunksize, *iterables):
-    it = zip(*iterables)
+    it = zip(*iterables, strict=False)
     while True:
         chunk = tuple(itertools.islice(it, chunksize))
         if not chunk:
