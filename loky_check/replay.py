@@ -19,10 +19,11 @@ import copyreg
 import dataclasses
 import functools
 import io
+import itertools
 import pickle
 import reprlib
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import taxonomy
@@ -240,9 +241,23 @@ def make_tester(name: str) -> Tester:
 # ----------------------------------------------------------------------------
 # Safe helpers
 
-_repr = reprlib.Repr()
-_repr.maxstring = 76
-_repr.maxother = 76
+
+class _SafeRepr(reprlib.Repr):
+    def repr_instance(self, obj: Any, level: int) -> str:
+        # reprlib's own fallback shows an address: keep reports reproducible
+        try:
+            text = repr(obj)
+        except BaseException:  # noqa: BLE001 - a __repr__ may raise anything
+            return f"<{type_name(obj)} object>"
+        if len(text) > self.maxother:
+            keep = max(0, (self.maxother - 3) // 2)
+            text = text[:keep] + "..." + text[len(text) - keep :]
+        return text
+
+
+_repr = _SafeRepr()
+_repr.maxstring = 78
+_repr.maxother = 80
 _repr.maxlevel = 2
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 4
 
@@ -563,27 +578,70 @@ _ATOMIC = frozenset(
 )
 
 
-def expand(obj: Any, tester: Tester) -> list[Child]:
+class Children(list):
+    """Children made up front (a few, from a reduce value or a function)."""
+
+    def objs(self, lo: int, hi: int) -> list[Any]:
+        return [child.obj for child in list.__getitem__(self, slice(lo, hi))]
+
+
+class LazyChildren(Sequence):
+    """Children of a big container, made only for the indices that fail.
+
+    ``items`` holds the objects in pickler order; ``step(i)`` renders the
+    path step of item ``i``. Testing a range pickles a plain slice of ``items``.
+    """
+
+    def __init__(self, items: list[Any], step: Callable[[int], str]):
+        self.items = items
+        self._step = step
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Child:  # type: ignore[override]
+        return Child(self._step(i), self.items[i])
+
+    def objs(self, lo: int, hi: int) -> list[Any]:
+        return self.items[lo:hi]
+
+
+def _dict_children(obj: dict) -> LazyChildren:
+    # pickler order: key 0, value 0, key 1, value 1, ...
+    items = list(itertools.chain.from_iterable(obj.items()))
+
+    def step(i: int) -> str:
+        n, is_value = divmod(i, 2)
+        return _key_step(items[i - 1]) if is_value else f".<key {n}>"
+
+    return LazyChildren(items, step)
+
+
+def expand(obj: Any, tester: Tester) -> Children | LazyChildren:
     """The children the pickler saves for ``obj``; raises ReduceFailed."""
     cls = type(obj)
     if cls in _ATOMIC:
-        return []
+        return Children()
     if cls in (tuple, list):
-        return [Child(f"[{i}]", v) for i, v in enumerate(obj)]
+        return LazyChildren(obj if cls is list else list(obj), _index_step)
     if cls is dict:
-        children = []
-        for n, (key, value) in enumerate(obj.items()):  # pickler order: key, value
-            children.append(Child(f".<key {n}>", key))
-            children.append(Child(_key_step(key), value))
-        return children
+        return _dict_children(obj)
     if cls in (set, frozenset):
-        return [Child(f".<item {n}>", v) for n, v in enumerate(obj)]
-    if isinstance(obj, types.FunctionType) and tester.reducer_override is None:
-        # plain pickle: a function is a global, nothing below it
-        if tester.by_value and not by_reference(obj):
-            return _function_children(obj)
-        return []
+        return LazyChildren(list(obj), _item_step)
+    return Children(_expand_object(obj, tester))
+
+
+def _index_step(i: int) -> str:
+    return f"[{i}]"
+
+
+def _item_step(i: int) -> str:
+    return f".<item {i}>"
+
+
+def _expand_object(obj: Any, tester: Tester) -> list[Child]:
     if isinstance(obj, types.FunctionType):
+        # plain pickle: a function is a global, nothing below it
         if tester.by_value and not by_reference(obj):
             return _function_children(obj)
         return []
@@ -637,23 +695,42 @@ class _Node:
 
 
 def _find_bad(
-    children: list[Child], tester: Tester, masked: set[int]
+    children: Children | LazyChildren,
+    tester: Tester,
+    masked: set[int],
+    lo: int = 0,
+    hi: int | None = None,
+    known_bad: bool = True,
 ) -> list[tuple[Child, Status]]:
-    """The children that fail, testing small groups one by one and big ones by halves."""
-    if len(children) <= _BISECT_THRESHOLD:
+    """The children that fail: small ranges one by one, big ones by halves.
+
+    ``known_bad`` skips testing a range already known to fail.
+    """
+    if hi is None:
+        hi = len(children)
+    if hi - lo <= _BISECT_THRESHOLD:
         out = []
-        for child in children:
+        for i in range(lo, hi):
+            child = children[i]
             status = tester.test(child.obj, masked)
             if status.bad:
                 out.append((child, status))
         return out
-    status = tester.test([c.obj for c in children], masked)
-    if not status.bad:
+    if not known_bad and not tester.test(children.objs(lo, hi), masked).bad:
         return []
-    mid = len(children) // 2
-    return _find_bad(children[:mid], tester, masked) + _find_bad(
-        children[mid:], tester, masked
+    mid = (lo + hi) // 2
+    return _find_bad(children, tester, masked, lo, mid, False) + _find_bad(
+        children, tester, masked, mid, hi, False
     )
+
+
+def _ancestor_ids(node: _Node) -> set[int]:
+    ids = set()
+    current = node
+    while current is not None:
+        ids.add(id(current.obj))
+        current = current.parent
+    return ids
 
 
 def _is_ancestor(node: _Node, obj: Any) -> bool:
@@ -744,14 +821,19 @@ class Walker:
         if not children:
             self._culprit(node, tester)
             return
-        children = [c for c in children if not _is_ancestor(node, c.obj)]
         self._keepalive.append(children)
         if recursion and (
             len(children) < 2 or node.recursion_run >= _MAX_RECURSION_DESCENT
         ):
             self._culprit(node, tester)
             return
-        bad = _find_bad(children, tester, self.masked)
+        bad = _find_bad(children, tester, self.masked, known_bad=False)
+        if any(_is_ancestor(node, b[0].obj) for b in bad):
+            # A child leading back to an ancestor fails because the ancestor
+            # does: judge this node with its ancestors standing for themselves.
+            bad = [b for b in bad if not _is_ancestor(node, b[0].obj)]
+            if not bad and not tester.test(obj, self.masked | _ancestor_ids(node)).bad:
+                return
         if not bad:
             self._culprit(node, tester)
             return
