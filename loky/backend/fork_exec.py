@@ -45,6 +45,45 @@ def _encode_environment(env: Mapping[str, str] | None) -> list[bytes]:
     return encoded
 
 
+# Parameter names of ``_posixsubprocess.fork_exec`` in positional order.
+_COMMON_HEAD = (
+    "args", "executable_list", "close_fds", "pass_fds", "cwd", "env",
+    "p2cread", "p2cwrite", "c2pread", "c2pwrite", "errread", "errwrite",
+    "errpipe_read", "errpipe_write", "restore_signals", "call_setsid",
+)  # fmt: skip
+_IDS = ("gid", "extra_groups", "uid", "child_umask", "preexec_fn")
+_LAYOUTS = {
+    # 3.10: no process group.
+    "3.10": (*_COMMON_HEAD, *_IDS),
+    # 3.11-3.13: process group after call_setsid, allow_vfork at the end.
+    "3.11": (*_COMMON_HEAD, "pgid_to_set", *_IDS, "allow_vfork"),
+    # 3.14+: no allow_vfork flag any more (vfork is decided in C).
+    "3.14": (*_COMMON_HEAD, "pgid_to_set", *_IDS),
+}
+# Aliases used by some versions' (Argument Clinic) signatures.
+_ALIASES = {
+    "fds_to_keep": "pass_fds",
+    "env_list": "env",
+    "process_group": "pgid_to_set",
+}
+
+
+def _signature_layout(func) -> tuple[str, ...] | None:
+    """Parameter names from the function's text signature (3.12+), or None
+    if there is none or it names a parameter we do not know."""
+    text = getattr(func, "__text_signature__", None)
+    if not text:
+        return None
+    names = []
+    for part in text.strip().lstrip("(").rstrip(")").split(","):
+        name = part.split("=")[0].strip()
+        if not name or name in ("/", "*") or name.startswith("$"):
+            continue
+        names.append(_ALIASES.get(name, name))
+    known = {name for layout in _LAYOUTS.values() for name in layout}
+    return tuple(names) if set(names) <= known else None
+
+
 def _call_posixsubprocess(
     args: list[bytes],
     fds_to_keep: tuple[int, ...],
@@ -52,61 +91,64 @@ def _call_posixsubprocess(
     errpipe_read: int,
     errpipe_write: int,
 ) -> int:
-    """Call the private ``_posixsubprocess.fork_exec`` with the argument
-    layout of the running Python.
+    """Call the private ``_posixsubprocess.fork_exec``, whose signature
+    differs between Python versions.
 
-    Common settings: close every fd not in ``fds_to_keep`` (stdio is kept
-    because no redirection is asked), inherit the cwd, keep signal
-    dispositions, no new session or process group, same user and umask, no
-    ``preexec_fn`` (which would run Python code after the fork).
+    Settings: close every fd not in ``fds_to_keep`` (stdio is kept since no
+    redirection is asked), inherit the cwd, keep signal dispositions, no new
+    session or process group, same user and umask, no ``preexec_fn`` (which
+    would run Python code after the fork).
     """
     import _posixsubprocess
-
-    head = (
-        args,
-        args[:1],  # executable_list: the absolute interpreter path
-        True,  # close_fds
-        fds_to_keep,
-        None,  # cwd
-        env_list,
-        -1,  # p2cread
-        -1,  # p2cwrite
-        -1,  # c2pread
-        -1,  # c2pwrite
-        -1,  # errread
-        -1,  # errwrite
-        errpipe_read,
-        errpipe_write,
-        False,  # restore_signals
-        False,  # call_setsid / start_new_session
-    )
-    ids = (None, None, None, -1)  # gid, extra_groups, uid, child_umask
     import subprocess
 
-    allow_vfork = getattr(subprocess, "_USE_VFORK", True)
-    layouts = {
-        # 3.14+: the trailing allow_vfork flag is gone (vfork decided in C).
-        "3.14": (*head, -1, *ids, None),
-        # 3.11-3.13: process_group after call_setsid, allow_vfork at the end.
-        "3.11": (*head, -1, *ids, None, allow_vfork),
-        # 3.10: no process_group (late bugfix releases may take allow_vfork).
-        "3.10": (*head, *ids, None),
-        "3.10-vfork": (*head, *ids, None, allow_vfork),
+    values = {
+        "args": args,
+        "executable_list": args[:1],  # the absolute interpreter path
+        "close_fds": True,
+        "pass_fds": fds_to_keep,
+        "cwd": None,
+        "env": env_list,
+        "p2cread": -1,
+        "p2cwrite": -1,
+        "c2pread": -1,
+        "c2pwrite": -1,
+        "errread": -1,
+        "errwrite": -1,
+        "errpipe_read": errpipe_read,
+        "errpipe_write": errpipe_write,
+        "restore_signals": False,
+        "call_setsid": False,
+        "pgid_to_set": -1,
+        "gid": None,
+        "extra_groups": None,
+        "uid": None,
+        "child_umask": -1,
+        "preexec_fn": None,
+        "allow_vfork": getattr(subprocess, "_USE_VFORK", True),
     }
     if sys.version_info >= (3, 14):
-        order = ["3.14", "3.11"]
+        candidates = ["3.14", "3.11"]
     elif sys.version_info >= (3, 11):
-        order = ["3.11", "3.14"]
+        candidates = ["3.11", "3.14"]
     else:
-        order = ["3.10", "3.10-vfork"]
-    # Argument parsing happens before any fork, so a TypeError from a layout
+        # Some late 3.10 bugfix releases may take a trailing allow_vfork.
+        candidates = ["3.10"]
+    layouts = [_LAYOUTS[name] for name in candidates]
+    if sys.version_info[:2] == (3, 10):
+        layouts.append((*_LAYOUTS["3.10"], "allow_vfork"))
+    from_signature = _signature_layout(_posixsubprocess.fork_exec)
+    if from_signature is not None:
+        layouts.insert(0, from_signature)
+
+    # Arguments are parsed before any fork: a TypeError raised by a layout
     # that does not match this interpreter's signature is safe to retry.
-    for name in order[:-1]:
+    for layout in layouts[:-1]:
         try:
-            return _posixsubprocess.fork_exec(*layouts[name])
+            return _posixsubprocess.fork_exec(*(values[name] for name in layout))
         except TypeError:
             continue
-    return _posixsubprocess.fork_exec(*layouts[order[-1]])
+    return _posixsubprocess.fork_exec(*(values[name] for name in layouts[-1]))
 
 
 def _raise_child_exec_error(errpipe_data: bytes, executable: str) -> None:
