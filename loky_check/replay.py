@@ -115,6 +115,7 @@ def _discard(buffer: Any) -> None:
     return None
 
 
+@functools.lru_cache(maxsize=16)
 def _masking_class(base: type) -> type:
     class _Masking(base):  # type: ignore[misc, valid-type]
         masked: set[int] = set()
