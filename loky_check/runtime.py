@@ -305,16 +305,28 @@ def _internal_dirs() -> tuple[str, ...]:
     return _internal_prefixes
 
 
+_internal_files: dict[str, bool] = {}
+
+
+def _is_internal(filename: str) -> bool:
+    internal = _internal_files.get(filename)
+    if internal is None:
+        prefixes = _internal_dirs()
+        internal = filename.startswith(prefixes) or os.path.abspath(
+            filename
+        ).startswith(prefixes)
+        if len(_internal_files) >= _CACHE_LIMIT:
+            _internal_files.clear()
+        _internal_files[filename] = internal
+    return internal
+
+
 def _user_frame(frame) -> tuple[Any, int]:
     """The first frame outside loky, loky_check, pytest_loky and concurrent.futures,
     and its distance (as a ``stacklevel``) from ``frame``."""
-    prefixes = _internal_dirs()
     level = 1
     while frame is not None and frame.f_back is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(prefixes) and not os.path.abspath(
-            filename
-        ).startswith(prefixes):
+        if not _is_internal(frame.f_code.co_filename):
             break
         frame = frame.f_back
         level += 1
@@ -407,6 +419,8 @@ class _Verdict:
     report: Report
     dump_failed: bool
     wrap_keys: frozenset = frozenset()
+    # Its findings were warned about at its site: later calls skip the bookkeeping.
+    settled: bool = False
 
 
 class SubmitChecker:
@@ -429,6 +443,9 @@ class SubmitChecker:
         self._dumper = _RecordingDumper(self.job_reducers)
         self._verdicts: dict[tuple, _Verdict] = {}
         self._warned: set[tuple] = set()
+        # wrap mode: culprit keys wrapped so far, and at which call sites
+        self._wrap_keys: frozenset = frozenset()
+        self._wrapped_at: set[tuple] = set()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -456,10 +473,25 @@ class SubmitChecker:
         """Check one call before it is queued; see the class docstring."""
         if self.mode == "off":
             return fn, args, kwargs, None
+        if self._wrap_keys:
+            fn, args, kwargs = self._prewrap(fn, args, kwargs)
         payload, signature = self._dump((fn, args, kwargs))
         if not signature:
             return fn, args, kwargs, payload
         return self._check_slow(fn, args, kwargs, payload, signature)
+
+    def _prewrap(self, fn, args, kwargs) -> tuple:
+        """Under "wrap", wrap culprits already wrapped (and warned about) at this
+        call site before pickling: one pickling per call, as for clean calls."""
+        new_fn, new_args, new_kwargs, wrapped = _wrap_call(
+            fn, args, kwargs, self._wrap_keys
+        )
+        if not wrapped:
+            return fn, args, kwargs
+        site = (*_call_site(), _reduction().get_loky_pickler_name())
+        if any((site, key) not in self._wrapped_at for key in wrapped):
+            return fn, args, kwargs  # a new site: the slow path warns there
+        return new_fn, new_args, new_kwargs
 
     # -- the slow path: diagnose, then act on the mode ---------------------
 
@@ -479,7 +511,9 @@ class SubmitChecker:
                 site, verdict, fn, args, kwargs, payload
             )
             report = verdict.report
-        self._warn_new(site, report.findings, report)
+        if not verdict.settled:
+            self._warn_new(site, report.findings, report)
+            verdict.settled = True
         return fn, args, kwargs, payload
 
     def _verdict(self, site, signature, fn, args, kwargs, dump_failed) -> _Verdict:
@@ -509,6 +543,9 @@ class SubmitChecker:
                 if not wrapped:
                     break
             fn, args, kwargs = new_fn, new_args, new_kwargs
+            with self._lock:
+                self._wrap_keys = self._wrap_keys | wrapped
+                self._wrapped_at.update((site, key) for key in wrapped)
             done = [
                 f for f in verdict.report.findings if _culprit_key(f.culprit) in wrapped
             ]

@@ -1,0 +1,121 @@
+"""Cost of the executor's pickling check mode (``pickle_check=``).
+
+1. Throughput of 10,000 tiny tasks (``operator.add``) under ``off``, ``warn``,
+   ``error`` and ``wrap``, as ratios to ``off`` (rounds interleaved, best round
+   kept, so that a noisy machine hurts every mode alike). A second line uses a
+   function of this script's ``__main__``: loky carries it by value, so the check
+   warns once and then serves the cached verdict.
+2. A 64 MiB argument: how many times its ``__reduce__`` runs per ``submit`` (must
+   be 1 in every mode: the check's pickling IS the payload the workers get).
+
+    python bench/check_mode_overhead.py [--tasks 10000] [--rounds 5] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import os
+import sys
+import time
+import warnings
+
+import loky
+
+MODES = ("off", "warn", "error", "wrap")
+
+
+class CountedPayload:
+    """A large argument that counts how many times it is pickled (in this process)."""
+
+    reductions = 0
+
+    def __init__(self, data: bytes = b""):
+        self.data = data
+
+    def __reduce__(self):
+        type(self).reductions += 1
+        return CountedPayload, (self.data,)
+
+
+def payload_size(payload: CountedPayload) -> int:
+    return len(payload.data)
+
+
+def main_add(x, y):
+    return x + y
+
+
+def run_tasks(executor, fn, n_tasks: int) -> float:
+    start = time.perf_counter()
+    futures = [executor.submit(fn, i, 1) for i in range(n_tasks)]
+    for future in futures:
+        future.result()
+    return n_tasks / (time.perf_counter() - start)
+
+
+def throughput(fn, n_tasks: int, rounds: int, workers: int) -> dict[str, float]:
+    best = dict.fromkeys(MODES, 0.0)
+    executors = {m: loky.ProcessPoolExecutor(workers, pickle_check=m) for m in MODES}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the __main__ function warns once
+            for executor in executors.values():
+                run_tasks(executor, fn, 200)  # start the workers, fill the caches
+            for _ in range(rounds):
+                for mode, executor in executors.items():
+                    best[mode] = max(best[mode], run_tasks(executor, fn, n_tasks))
+    finally:
+        for executor in executors.values():
+            executor.shutdown(wait=True)
+    return best
+
+
+def large_argument(size: int) -> dict[str, tuple[int, float]]:
+    # By reference (the class is imported from this module, not __main__):
+    # a clean call, which the check pickles exactly once.
+    from check_mode_overhead import CountedPayload as Counted
+    from check_mode_overhead import payload_size as size_of
+
+    results = {}
+    data = b"x" * size
+    for mode in MODES:
+        with loky.ProcessPoolExecutor(1, pickle_check=mode) as executor:
+            executor.submit(operator.add, 1, 1).result()
+            Counted.reductions = 0
+            start = time.perf_counter()
+            assert executor.submit(size_of, Counted(data)).result() == size
+            results[mode] = (Counted.reductions, time.perf_counter() - start)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mib", type=int, default=64)
+    options = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+    print(
+        f"python {sys.version.split()[0]}, pickler {loky.backend.reduction.get_loky_pickler_name()}"
+    )
+    for label, fn in [("operator.add", operator.add), ("__main__ function", main_add)]:
+        best = throughput(fn, options.tasks, options.rounds, options.workers)
+        ratios = "  ".join(
+            f"{mode} {best[mode]:8.0f}/s ({best[mode] / best['off']:.3f})"
+            for mode in MODES
+        )
+        print(f"{options.tasks} tiny tasks, {label:<18} {ratios}")
+
+    size = options.mib << 20
+    for mode, (count, seconds) in large_argument(size).items():
+        print(
+            f"{options.mib} MiB argument, {mode:<5}: __reduce__ called {count} time(s), "
+            f"submit+result {seconds * 1000:.0f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
