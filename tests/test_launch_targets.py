@@ -144,3 +144,22 @@ def fork_grandchild_then_exit(conn):
     grandchild.start()
     conn.send(grandchild.pid)
     os._exit(0)
+
+
+def report_trackers(conn):
+    """The resource trackers this child uses, and whether it started any."""
+    from multiprocessing.resource_tracker import _resource_tracker as mp_tracker
+
+    import psutil
+
+    from loky.backend.resource_tracker import _resource_tracker
+
+    conn.send(
+        {
+            "loky_fd": _resource_tracker.getfd(),
+            "loky_pid": _resource_tracker._pid,
+            "mp_fd": mp_tracker._fd,
+            "children": len(psutil.Process().children()),
+        }
+    )
+    conn.close()

@@ -25,6 +25,7 @@ from test_launch_targets import (
     report_identity,
     report_len,
     report_parent_death,
+    report_trackers,
     start_grandchild,
 )
 
@@ -457,3 +458,22 @@ def _tracker_fds():
     from loky.backend.resource_tracker import _resource_tracker
 
     return [fd for fd in (mp_tracker._fd, _resource_tracker._fd) if fd is not None]
+
+
+def test_children_share_the_parents_resource_trackers():
+    from multiprocessing.resource_tracker import _resource_tracker as mp_tracker
+
+    from loky.backend.resource_tracker import _resource_tracker
+
+    r, w = multiprocessing.Pipe(duplex=False)
+    p = LokyProcess(target=report_trackers, args=(w,))
+    p.start()
+    w.close()
+    info = r.recv()
+    p.join()
+    assert info == {
+        "loky_fd": _resource_tracker._fd,
+        "loky_pid": None,  # not launched by the child
+        "mp_fd": mp_tracker._fd,
+        "children": 0,
+    }

@@ -336,3 +336,36 @@ def test_multiprocessing_spawn_preparation_data_untouched():
         "spawn",
         "forkserver",
     )
+
+
+def test_worker_unlinks_parent_shared_memory_silently(tmp_path):
+    """Children inherit the stdlib resource tracker: shared memory made by
+    the parent and unlinked by a worker is not reported as leaked."""
+    script = tmp_path / "shm_script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from multiprocessing import shared_memory
+            from loky.backend import get_context
+
+            def unlink_it(name):
+                shm = shared_memory.SharedMemory(name=name)
+                shm.buf[0] = 42
+                shm.close()
+                shm.unlink()
+
+            if __name__ == "__main__":
+                shm = shared_memory.SharedMemory(create=True, size=16)
+                p = get_context("loky").Process(target=unlink_it, args=(shm.name,))
+                p.start()
+                p.join()
+                print("exitcode", p.exitcode, "value", shm.buf[0])
+                shm.close()
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "exitcode 0 value 42"
+    assert result.stderr == ""
