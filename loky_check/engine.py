@@ -15,6 +15,7 @@ import inspect
 import os
 import pickle
 import types
+from collections.abc import Callable
 from typing import Any
 
 from . import replay, taxonomy
@@ -359,13 +360,17 @@ def _diagnose_argument(
 
 
 def _check(
-    arguments: list[Argument],
+    make_arguments: Callable[[], list[Argument]],
     whole: Any,
     ctx: _Context,
-    target: str,
+    make_target: Callable[[], str],
     in_worker: bool,
 ) -> Report:
     status = ctx.tester.test(whole)
+    if not status.bad and not in_worker:
+        return Report(target=make_target(), pickler=ctx.pickler)  # the fast path
+    arguments = make_arguments()
+    target = make_target()
     findings: list[Finding] = []
     if status.bad:
         for argument in arguments:
@@ -419,12 +424,11 @@ def check_call(
         kwargs = {}
     elif not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-    arguments = [Argument("fn", None, "fn", fn), *bind_arguments(fn, args, kwargs)]
     return _check(
-        arguments,
+        lambda: [Argument("fn", None, "fn", fn), *bind_arguments(fn, args, kwargs)],
         (fn, args, kwargs),
         ctx,
-        target if target is not None else describe_callable(fn),
+        lambda: target if target is not None else describe_callable(fn),
         in_worker,
     )
 
@@ -439,9 +443,12 @@ def check_object(
 ) -> Report:
     """Say whether ``obj`` can cross a process boundary; paths start with ``name``."""
     ctx = _Context(pickler)
-    arguments = [Argument(name, None, name, obj)]
     return _check(
-        arguments, obj, ctx, target if target is not None else name, in_worker
+        lambda: [Argument(name, None, name, obj)],
+        obj,
+        ctx,
+        lambda: target if target is not None else name,
+        in_worker,
     )
 
 

@@ -227,16 +227,44 @@ def loky_tester() -> Tester:
     )
 
 
-def make_tester(name: str) -> Tester:
-    if name == "pickle":
-        return standard_tester()
-    if name == "cloudpickle":
-        return cloudpickle_tester()
-    if name == "loky":
-        return loky_tester()
-    raise ValueError(
-        f"pickler must be one of 'pickle', 'cloudpickle', 'loky', got {name!r}"
+_TESTERS: dict[Any, Tester] = {}
+
+
+def _loky_key() -> Any:
+    try:
+        from loky.backend import reduction
+    except Exception:
+        return None
+    return (
+        reduction.get_loky_pickler(),
+        getattr(reduction, "_dispatch_table_version", None),
+        len(reduction._dispatch_table),
+        len(copyreg.dispatch_table),  # loky's table copies copyreg's
     )
+
+
+def make_tester(name: str) -> Tester:
+    """The tester of one pickler (cached; rebuilt when loky's pickler changes)."""
+    if name == "pickle":
+        key: Any = "pickle"
+    elif name == "cloudpickle":
+        key = "cloudpickle"
+    elif name == "loky":
+        key = ("loky", _loky_key())
+    else:
+        raise ValueError(
+            f"pickler must be one of 'pickle', 'cloudpickle', 'loky', got {name!r}"
+        )
+    tester = _TESTERS.get(key)
+    if tester is None:
+        if name == "pickle":
+            tester = standard_tester()
+        elif name == "cloudpickle":
+            tester = cloudpickle_tester()
+        else:
+            tester = loky_tester()
+        _TESTERS[key] = tester
+    return tester
 
 
 # ----------------------------------------------------------------------------
