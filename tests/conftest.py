@@ -43,6 +43,17 @@ def _loky_semaphores() -> set[str]:
         return set()
 
 
+def _semaphore_is_ours_or_orphaned(name: str) -> bool:
+    """``sem.loky-<pid>-<random>``: ours when this process made it; a leak of
+    anyone's when its creator is dead. A live *other* process's semaphore (a
+    concurrent test run, another xdist worker) is none of our business."""
+    try:
+        pid = int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    return pid == os.getpid() or not psutil.pid_exists(pid)
+
+
 def _is_helper_process(proc: psutil.Process) -> bool:
     """Resource trackers are per-parent singletons meant to outlive the tests."""
     try:
@@ -129,7 +140,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     deadline = time.monotonic() + _LEAK_GRACE_SECONDS
     while True:
         children = _leftover_children()
-        semaphores = _loky_semaphores() - _semaphores_at_start
+        semaphores = {
+            name
+            for name in _loky_semaphores() - _semaphores_at_start
+            if _semaphore_is_ours_or_orphaned(name)
+        }
         files = [
             name for (name, _rtype) in _tracked_resources if os.path.exists(name)
         ]
