@@ -19,6 +19,7 @@ from test_launch_targets import (
     echo_back,
     exit_with,
     fork_grandchild_then_exit,
+    pipe_fds,
     raise_error,
     report_env,
     report_fds,
@@ -477,3 +478,47 @@ def test_children_share_the_parents_resource_trackers():
         "mp_fd": mp_tracker._fd,
         "children": 0,
     }
+
+
+def test_parent_keeps_only_the_sentinel():
+    r, w = multiprocessing.Pipe()
+    warm_up = LokyProcess(target=exit_with, args=(0,))  # trackers now run
+    warm_up.start()
+    warm_up.join()
+    warm_up.close()
+    before = pipe_fds()
+    p = LokyProcess(target=block_on, args=(w,))
+    p.start()
+    try:
+        assert r.recv() == "ready"
+        assert set(pipe_fds()) - set(before) == {p.sentinel}
+        r.send("stop")
+        p.join()
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    p.close()
+    assert pipe_fds() == before
+
+
+def test_launch_interrupted_after_exec_leaves_no_child(monkeypatch):
+    import psutil
+
+    from loky.backend import popen_loky_posix
+
+    def interrupted_open(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    warm_up = LokyProcess(target=exit_with, args=(0,))  # trackers now run
+    warm_up.start()
+    warm_up.join()
+    children_before = {c.pid for c in psutil.Process().children()}
+    fds_before = pipe_fds()
+    monkeypatch.setattr(popen_loky_posix, "open", interrupted_open, raising=False)
+    p = LokyProcess(target=exit_with, args=(0,))
+    with pytest.raises(KeyboardInterrupt):
+        p.start()
+    monkeypatch.undo()
+    assert {c.pid for c in psutil.Process().children()} == children_before
+    assert pipe_fds() == fds_before

@@ -162,22 +162,24 @@ class Popen:
             self.pid = fork_exec(cmd, self._fds, env=process_obj.env)
             self.sentinel = parent_r
             try:
-                with open(parent_w, "wb", closefd=False) as to_child:
+                with open(parent_w, "wb", closefd=True) as to_child:
+                    parent_w = None  # closed by the file object
                     to_child.write(payload.getbuffer())
             except BrokenPipeError:
                 # The child died before reading: its exit code tells why.
                 pass
         except BaseException:
             _close_fds([fd for fd in (parent_r, parent_w) if fd is not None])
+            if self.pid is not None:
+                # Interrupted after the launch: do not leave a child behind.
+                self.kill()
+                self.wait()
             raise
         finally:
             for fd in (child_r, child_w):
                 if fd is not None:
                     os.close(fd)
-        # Keep parent_w open until the process object goes away: closing it
-        # early would make the child see EOF on a pipe it already read, which
-        # is harmless, but keeping it mirrors the stdlib spawn launcher.
-        self.finalizer = util.Finalize(self, _close_fds, ([parent_r, parent_w],))
+        self.finalizer = util.Finalize(self, _close_fds, ([parent_r],))
 
 
 def main() -> None:
