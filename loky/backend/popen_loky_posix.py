@@ -159,7 +159,8 @@ class Popen:
                 str(child_r),
             ]
             self._fds.extend([child_r, child_w])
-            self.pid = fork_exec(cmd, self._fds, env=process_obj.env)
+            env = getattr(process_obj, "env", None)
+            self.pid = fork_exec(cmd, self._fds, env=env)
             self.sentinel = parent_r
             try:
                 with open(parent_w, "wb", closefd=True) as to_child:
