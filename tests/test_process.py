@@ -430,9 +430,11 @@ def test_popen_api():
         assert popen.poll() is None
         assert popen.wait(timeout=0) is None
         assert popen.returncode is None
-        popen.kill()
-        assert popen.wait() == -signal.SIGKILL
-        assert popen.poll() == -signal.SIGKILL
+        popen.interrupt()  # KeyboardInterrupt in the target: exit code 1
+        assert popen.wait() == 1
+        assert popen.poll() == 1
+        popen.kill()  # already dead: no-op
+        popen.terminate()
     finally:
         p.join()
     assert popen_loky_posix.Popen.DupFd(5).detach() == 5

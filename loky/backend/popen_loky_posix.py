@@ -110,6 +110,10 @@ class Popen:
         """Send SIGKILL (a vanished process is ignored)."""
         self._send_signal(signal.SIGKILL)
 
+    def interrupt(self) -> None:
+        """Send SIGINT (``BaseProcess.interrupt()`` on Python >= 3.14)."""
+        self._send_signal(signal.SIGINT)
+
     def close(self) -> None:
         """Close the parent's ends of the pipes (the sentinel included)."""
         if self.finalizer is not None:
