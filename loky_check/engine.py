@@ -263,7 +263,7 @@ def make_finding(
         and getattr(definition if definition is not None else obj, "__module__", None)
         in ("__main__", "__mp_main__")
     )
-    category = taxonomy.categorize(
+    category = culprit.category or taxonomy.categorize(
         obj,
         definition=definition,
         exc=exc,
@@ -310,6 +310,8 @@ def make_finding(
         loky_carries=bool(carried.get("loky")),
         reducer_name=reduce_failure.reducer_name if reduce_failure else "",
     )
+    if culprit.detail:
+        texts.message = f"{texts.message.rstrip('.')}: {culprit.detail}."
     defn = definition if definition is not None else obj
     location = _location(defn) if taxonomy.is_definition(defn) else None
     return Finding(

@@ -705,6 +705,9 @@ class Culprit:
     reduce_failure: ReduceFailed | None = None
     exc: BaseException | None = None
     stage: str = "dump"
+    # set when the category is known from how the culprit was found (fidelity)
+    category: str | None = None
+    detail: str = ""
 
     @property
     def main_ref(self) -> bool:

@@ -53,18 +53,28 @@ def _exception_record(exc: BaseException) -> tuple[str, str, str]:
     return kind.__module__, kind.__qualname__, message[:500]
 
 
-def _load_payloads(payloads: list[bytes]) -> list[tuple[str, str, str] | None]:
-    """Load each payload; None when it loads, else the exception's record."""
-    results: list[tuple[str, str, str] | None] = []
+def _load_payloads(
+    payloads: list[bytes], echo: str | None = None
+) -> list[tuple[tuple[str, str, str] | None, bytes | None]]:
+    """Load each payload: (None, copy) when it loads, else (the exception's
+    record, None). With ``echo`` (a pickler name) the loaded object is pickled
+    again with it and sent back, so the parent can compare the round trip."""
+    results: list[tuple[tuple[str, str, str] | None, bytes | None]] = []
     for payload in payloads:
         try:
-            pickle.loads(payload)
+            loaded = pickle.loads(payload)
         except BaseException as exc:  # noqa: BLE001 - report whatever loading raises
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            results.append(_exception_record(exc))
-        else:
-            results.append(None)
+            results.append((_exception_record(exc), None))
+            continue
+        copy = None
+        if echo is not None:
+            try:
+                copy = bytes(replay.make_tester(echo).dumps(loaded))
+            except BaseException:  # noqa: BLE001 - the way back is another check
+                copy = None
+        results.append((None, copy))
     return results
 
 
@@ -89,7 +99,14 @@ def _rebuild_exception(record: tuple[str, str, str]) -> BaseException:
 
 def _worker_load(executor: Any, payloads: list[bytes]) -> list[BaseException | None]:
     records = executor.submit(_load_payloads, payloads).result()
-    return [None if r is None else _rebuild_exception(r) for r in records]
+    return [None if r is None else _rebuild_exception(r) for r, _copy in records]
+
+
+def _worker_round_trip(
+    executor: Any, payloads: list[bytes], pickler: str
+) -> list[tuple[BaseException | None, bytes | None]]:
+    records = executor.submit(_load_payloads, payloads, pickler).result()
+    return [(None if r is None else _rebuild_exception(r), copy) for r, copy in records]
 
 
 def _load_carried(ctx: Any, obj: Any, definition: Any) -> dict[str, bool]:
@@ -192,9 +209,12 @@ def load_in_worker(
     load_findings: list[Finding] = []
     if not candidates:
         return Report(target=target, pickler=ctx.pickler)
-    errors = _worker_load(executor, [payload for _, payload in candidates])
-    for (argument, _payload), error in zip(candidates, errors, strict=True):
+    outcomes = _worker_round_trip(
+        executor, [payload for _, payload in candidates], ctx.pickler
+    )
+    for (argument, _payload), (error, copy) in zip(candidates, outcomes, strict=True):
         if error is None:
+            load_findings.extend(_fidelity_findings(argument, copy, ctx))
             continue
         for path, obj, definition, exc in _narrow(
             executor, ctx, argument.value, argument.root, error
@@ -213,6 +233,33 @@ def load_in_worker(
             finding.message = _with_worker_error(finding.message, exc)
             load_findings.append(finding)
     return Report(target=target, pickler=ctx.pickler, findings=load_findings)
+
+
+def _fidelity_findings(argument: Any, copy: bytes | None, ctx: Any) -> list[Finding]:
+    """Compare an argument with its parent -> worker -> parent copy."""
+    from .engine import make_finding
+    from .fidelity import locate_differences
+
+    if copy is None:
+        return []
+    try:
+        returned = pickle.loads(copy)
+    except Exception:  # noqa: BLE001 - loading back is the result direction
+        return []
+    findings = []
+    for diff in locate_differences(argument.value, returned, argument.root):
+        culprit = replay.Culprit(
+            diff.path,
+            diff.obj,
+            replay.Status(True),
+            ctx.pickler,
+            stage="load",
+            category="fidelity",
+            detail=diff.detail,
+        )
+        carried = {name: False for name in ("pickle", "cloudpickle", "loky")}
+        findings.append(make_finding(culprit, argument, ctx, carried=carried))
+    return findings
 
 
 def _with_worker_error(message: str, exc: BaseException) -> str:

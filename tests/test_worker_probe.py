@@ -270,3 +270,61 @@ def test_return_value_that_gets_back_is_ok():
 def test_return_value_of_a_call_that_cannot_reach_the_worker():
     report = check_return_value(target, (threading.Lock(),))
     assert [(f.path, f.category) for f in report.findings] == [("a", "sync_primitive")]
+
+
+# ---------------------------------------------------------------------------
+# fidelity: the value that comes back is not the value that left
+
+
+class Lossy:
+    """A reducer that rounds: the copy is not the original."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __reduce__(self):
+        return (Lossy, (round(self.x, 1),))
+
+
+class Faithful:
+    def __init__(self, x):
+        self.x = x
+
+    def __reduce__(self):
+        return (Faithful, (self.x,))
+
+
+@pytest.mark.parametrize("position", list(POSITIONS))
+def test_fidelity_found_in_a_real_worker(position):
+    build, argument, parameter, path = POSITIONS[position]
+    args, kwargs = build(Lossy(0.123))
+    report = check_call(target, args, kwargs, in_worker=True)
+    [f] = report.findings
+    got = (
+        f.argument,
+        f.parameter,
+        f.path,
+        f.type,
+        f.category,
+        f.severity,
+        f.remedy,
+        f.stage,
+    )
+    assert got == (
+        argument,
+        parameter,
+        path,
+        f"{__name__}.Lossy",
+        "fidelity",
+        "error",
+        "fix_reducer",
+        "load",
+    )
+    assert ".x: 0.123 != 0.1" in f.message
+
+
+def test_faithful_reducers_and_by_value_functions_are_not_fidelity_findings():
+    args = ({"f": Faithful(0.123), "n": float("nan"), "s": {1, 2}}, [Holder(1)])
+    assert check_call(target, args, in_worker=True).findings == []
+    report = check_call(target, (lambda x: x,), pickler="cloudpickle", in_worker=True)
+    assert report.findings == []
