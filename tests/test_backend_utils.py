@@ -120,11 +120,19 @@ def test_failing_tree_walk_warns_and_kills_the_process(monkeypatch):
             p.join()
 
 
-def test_kill_process_tree_on_a_dead_process():
+def test_kill_process_tree_on_a_dead_process(monkeypatch):
     p = LokyProcess(target=block_on, args=(None,))
     p.start()
     p.join()  # block_on(None) fails at once: exit code 1
     assert p.exitcode == 1
+
+    # A reaped pid may be reused: nothing may be signalled.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("must not look up or signal a reaped pid")
+
+    monkeypatch.setattr(utils, "_import_psutil", forbidden)
+    monkeypatch.setattr(subprocess, "check_output", forbidden)
+    monkeypatch.setattr(utils.os, "kill", forbidden)
     kill_process_tree(p)
     kill_process_tree(p, use_psutil=False)
     assert p.exitcode == 1

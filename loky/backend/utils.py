@@ -37,6 +37,10 @@ def kill_process_tree(process: Any, use_psutil: bool = True) -> None:
     ``use_psutil=False``) the tree is walked with ``pgrep -P`` on POSIX and
     killed with ``taskkill /T`` on Windows.
     """
+    if getattr(process, "exitcode", None) is not None:
+        # Already reaped: its pid may belong to an unrelated process by now.
+        _join(process)
+        return
     psutil = _import_psutil() if use_psutil else None
     if psutil is not None:
         _kill_process_tree_with_psutil(process, psutil)
