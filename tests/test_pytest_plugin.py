@@ -85,6 +85,8 @@ def test_concurrent_futures():
         future = executor.submit(work, 2, cfg=Config())  # SITE cf
         with pytest.raises(Exception):
             future.result()
+        with pytest.raises(Exception):
+            list(executor.map(lambda x: x, [1, 2]))  # SITE cf-lambda
 """
 
 HEADER = "import concurrent.futures\n\nimport pytest\nfrom app import Config, square, work\n\n"
@@ -181,6 +183,9 @@ def test_report_mode_lists_each_finding_by_test_and_call_site(
     cf = blocks["test_calls.py::test_concurrent_futures"]
     assert f"call site: {_site(source, 'cf')}   concurrent.futures submit" in cf
     assert "error    cfg  (kwargs['cfg'])   cfg.lock" in cf
+    # standard pickle is this pool's pickler: what it cannot carry is an error here
+    assert f"call site: {_site(source, 'cf-lambda')}   concurrent.futures map" in cf
+    assert "error    fn   fn" in cf and "[lambda]" in cf
 
 
 def test_json_file_holds_every_finding_with_test_and_call_site(
@@ -235,7 +240,8 @@ def test_strict_mode_fails_tests_with_findings_and_shows_the_report(
     failures = output[
         output.index("= FAILURES =") : output.index(" loky picklecheck ==")
     ]
-    assert "loky picklecheck (strict): 1 error" in failures
+    assert "loky picklecheck (strict): 1 error in the calls" in failures
+    assert "loky picklecheck (strict): 2 errors in the calls" in failures
     assert f"call site: {_site(source, 'lock')}" in failures
     assert "cfg.lock" in failures and "[lambda]" in failures
 
@@ -355,6 +361,13 @@ def test_executor_checks_calls(loky_executor):
         loky_executor.submit(work, 1, Config())
     assert "cfg.lock" in str(info.value)
     assert loky_executor.submit(square, 5).result() == 25
+
+
+def test_executor_leftover_is_reported(loky_executor):
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 """
 
 
@@ -366,11 +379,16 @@ def test_fixtures(pytester: pytest.Pytester) -> None:
         "test_unpicklable_call": "FAILED",
         "test_unpicklable_object": "FAILED",
         "test_executor_checks_calls": "PASSED",
+        "test_executor_leftover_is_reported": "PASSED",  # then an error at teardown
     }
+    result.assert_outcomes(passed=3, failed=2, errors=1)
     output = result.stdout.str()
     assert "error    cfg  (args[1])   cfg.lock" in output
     assert "obj['jobs'][1]" in output
-    assert "loky_executor: the executor left behind" not in output
+    leftover = [
+        line for line in result.stdout.lines if "loky_executor: left behind" in line
+    ]
+    assert len(leftover) == 1 and "worker process" in leftover[0]
 
 
 # ---------------------------------------------------------------- reducers
