@@ -195,9 +195,9 @@ def test_stdlib_semaphores_get_loky_names():
     assert not os.path.exists(f"/dev/shm/sem.{semaphore_name[1:]}")
 
 
-def run_python(code, **kwargs):
+def run_python(code, args=(), extra=(), **kwargs):
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, *args, "-c", textwrap.dedent(code), *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -284,3 +284,40 @@ def test_relocated_package_starts_children_under_its_own_name(tmp_path):
     # No module of a top-level "loky" package in the child.
     assert "'loky'" not in result.stdout
     assert "'loky." not in result.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX launcher")
+def test_children_get_the_parents_interpreter_flags(tmp_path):
+    result = run_python(
+        """
+        import multiprocessing, sys
+        sys.path.insert(0, sys.argv[1])
+        from loky.backend.process import LokyProcess
+        from test_launch_targets import report_flags
+        r, w = multiprocessing.Pipe(duplex=False)
+        p = LokyProcess(target=report_flags, args=(w,))
+        p.start()
+        w.close()
+        print(r.recv())
+        p.join()
+        """,
+        args=("-E",),
+        extra=(os.path.dirname(__file__),),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'ignore_environment': 1" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX launcher")
+def test_launcher_entry_point_rejects_bad_arguments():
+    for args in ([], ["--pipe", "x"], ["--bogus", "1"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "loky.backend.popen_loky_posix", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("loky.backend.popen_loky_posix:")

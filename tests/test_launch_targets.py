@@ -163,3 +163,10 @@ def report_trackers(conn):
         }
     )
     conn.close()
+
+
+def report_flags(conn):
+    conn.send(
+        {"ignore_environment": sys.flags.ignore_environment, "argv0": sys.argv[0]}
+    )
+    conn.close()
