@@ -524,3 +524,21 @@ def test_launch_interrupted_after_exec_leaves_no_child(monkeypatch):
     monkeypatch.undo()
     assert {c.pid for c in psutil.Process().children()} == children_before
     assert pipe_fds() == fds_before
+
+
+@pytest.mark.parametrize("method", LOKY_METHODS)
+def test_loky_pickler_sends_lambdas_and_closures(method):
+    offset = 40
+
+    def add_offset(x):
+        return x + offset
+
+    r, w = multiprocessing.Pipe(duplex=False)
+    p = context_for(method).Process(
+        target=lambda conn, f: conn.send(f(2)), args=(w, add_offset)
+    )
+    p.start()
+    w.close()
+    assert r.recv() == 42
+    p.join()
+    assert p.exitcode == 0
