@@ -281,8 +281,14 @@ def make_finding(
             if not ctx.tester_for(name).by_value:
                 carried[name] = False
     severity = "warning" if carried.get("loky") else "error"
-    wrap_fixes = wrap_round_trips(obj)
-    if not wrap_fixes and definition is not None:
+    # Only where wrapping is a remedy: the check loads the culprit back in this
+    # process, which must never run the reducers of a load-side failure.
+    wrap_fixes = "wrap" in taxonomy.REMEDIES[category] and wrap_round_trips(obj)
+    if (
+        not wrap_fixes
+        and definition is not None
+        and "wrap" in taxonomy.REMEDIES[category]
+    ):
         bare = _bare_instance(definition)
         wrap_fixes = bare is not None and wrap_round_trips(bare)
     remedy = taxonomy.choose_remedy(

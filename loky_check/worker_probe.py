@@ -97,16 +97,58 @@ def _rebuild_exception(record: tuple[str, str, str]) -> BaseException:
 # in_worker=True
 
 
-def _worker_load(executor: Any, payloads: list[bytes]) -> list[BaseException | None]:
-    records = executor.submit(_load_payloads, payloads).result()
-    return [None if r is None else _rebuild_exception(r) for r, _copy in records]
+class WorkerCrashed(Exception):
+    """The worker died (or hung) while loading a payload."""
 
 
-def _worker_round_trip(
-    executor: Any, payloads: list[bytes], pickler: str
-) -> list[tuple[BaseException | None, bytes | None]]:
-    records = executor.submit(_load_payloads, payloads, pickler).result()
-    return [(None if r is None else _rebuild_exception(r), copy) for r, copy in records]
+# A load that takes longer than this is treated as a hang (the worker is killed).
+LOAD_TIMEOUT = 60.0
+
+
+class _Prober:
+    """Submits loads to a worker; a worker that dies or hangs is replaced, and
+    the payloads of a crashed batch are retried one by one to blame the right one."""
+
+    def __init__(self, executor: Any = None):
+        self._given = executor
+        self.executor = probe_executor(executor)
+
+    def _fresh(self) -> None:
+        if self._given is None:
+            self.executor = probe_executor()
+
+    def run(
+        self, payloads: list[bytes], echo: str | None = None
+    ) -> list[tuple[BaseException | None, bytes | None]]:
+        if not payloads:
+            return []
+        try:
+            future = self.executor.submit(_load_payloads, payloads, echo)
+            records = future.result(timeout=LOAD_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - broken pool, hang, dead worker
+            if isinstance(exc, TimeoutError):
+                self.executor.shutdown(wait=True, kill_workers=True)
+            self._fresh()
+            if len(payloads) == 1:
+                reason = "hung" if isinstance(exc, TimeoutError) else "died"
+                return [
+                    (
+                        WorkerCrashed(
+                            f"the worker {reason} while loading it ({exc!r})"
+                        ),
+                        None,
+                    )
+                ]
+            out = []
+            for payload in payloads:
+                out.extend(self.run([payload], echo))
+            return out
+        return [
+            (None if r is None else _rebuild_exception(r), copy) for r, copy in records
+        ]
+
+    def load(self, payloads: list[bytes]) -> list[BaseException | None]:
+        return [error for error, _copy in self.run(payloads)]
 
 
 def _load_carried(ctx: Any, obj: Any, definition: Any) -> dict[str, bool]:
@@ -126,7 +168,7 @@ def _load_carried(ctx: Any, obj: Any, definition: Any) -> dict[str, bool]:
 
 
 def _narrow(
-    executor: Any, ctx: Any, root: Any, path: str, exc: BaseException
+    prober: _Prober, ctx: Any, root: Any, path: str, exc: BaseException
 ) -> list[tuple[str, Any, Any, BaseException]]:
     """(path, culprit, definition, exception) of each object that fails to load."""
     tester = ctx.tester
@@ -159,7 +201,7 @@ def _narrow(
                     continue
             nodes.append((obj, node_path, node_exc, payloads))
             batch.extend(p for _, p in payloads)
-        results = _worker_load(executor, batch) if batch else []
+        results = prober.load(batch)
         frontier = []
         position = 0
         for obj, node_path, node_exc, payloads in nodes:
@@ -196,7 +238,7 @@ def load_in_worker(
     """
     from .engine import make_finding
 
-    executor = probe_executor()
+    prober = _Prober()
     already = {f.argument for f in findings}
     candidates = []
     for argument in arguments:
@@ -209,15 +251,13 @@ def load_in_worker(
     load_findings: list[Finding] = []
     if not candidates:
         return Report(target=target, pickler=ctx.pickler)
-    outcomes = _worker_round_trip(
-        executor, [payload for _, payload in candidates], ctx.pickler
-    )
+    outcomes = prober.run([payload for _, payload in candidates], ctx.pickler)
     for (argument, _payload), (error, copy) in zip(candidates, outcomes, strict=True):
         if error is None:
             load_findings.extend(_fidelity_findings(argument, copy, ctx))
             continue
         for path, obj, definition, exc in _narrow(
-            executor, ctx, argument.value, argument.root, error
+            prober, ctx, argument.value, argument.root, error
         ):
             culprit = replay.Culprit(
                 path,

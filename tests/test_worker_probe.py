@@ -328,3 +328,30 @@ def test_faithful_reducers_and_by_value_functions_are_not_fidelity_findings():
     assert check_call(target, args, in_worker=True).findings == []
     report = check_call(target, (lambda x: x,), pickler="cloudpickle", in_worker=True)
     assert report.findings == []
+
+
+class KillsTheWorker:
+    def __init__(self):
+        self.state = 1
+
+    def __setstate__(self, state):
+        import os
+
+        os._exit(3)
+
+
+def test_a_load_that_kills_the_worker_is_blamed_on_its_argument():
+    report = check_call(
+        target, ({"k": [0, KillsTheWorker()]},), {"kw": Holder(1)}, in_worker=True
+    )
+    [f] = report.findings
+    assert (f.argument, f.path, f.category, f.stage, f.remedy) == (
+        "args[0]",
+        "a['k'][1]",
+        "unpickle_error",
+        "load",
+        "fix_reducer",
+    )
+    assert "the worker died while loading it" in f.message
+    # the probe pool was replaced and works again
+    assert check_call(target, (Holder(2),), in_worker=True).ok
