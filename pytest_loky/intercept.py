@@ -51,6 +51,7 @@ _recorder: Recorder | None = None
 _guard = threading.local()  # per-thread "already inside an observed call"
 _installed: list[tuple[type, str, Any]] = []  # (class, attribute, original)
 _install_lock = threading.Lock()
+_install_count = 0  # nested sessions (pytester) install and uninstall in pairs
 _internal_dirs: tuple[str, ...] = ()
 
 
@@ -228,9 +229,10 @@ def _optional_import(name: str):
 
 
 def install() -> None:
-    """Patch the pools' entry points (idempotent)."""
-    global _internal_dirs
+    """Patch the pools' entry points; pair each call with :func:`uninstall`."""
+    global _internal_dirs, _install_count
     with _install_lock:
+        _install_count += 1
         if _installed:
             return
         cf_process = _optional_import("concurrent.futures.process")
@@ -292,8 +294,10 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Restore every patched method."""
+    """Restore every patched method once the last user is gone."""
+    global _install_count
     with _install_lock:
-        while _installed:
+        _install_count = max(0, _install_count - 1)
+        while _installed and _install_count == 0:
             cls, name, original = _installed.pop()
             setattr(cls, name, original)
