@@ -7,6 +7,7 @@ import multiprocessing
 import signal
 import subprocess
 import sys
+import time
 import types
 import warnings
 
@@ -44,12 +45,16 @@ def is_gone(pid):
         return True
 
 
-def wait_gone(pids):
-    """Killed intermediate processes are reaped by whoever adopts them."""
-    gone, alive = psutil.wait_procs(
-        [p for p in map(_process_or_none, pids) if p is not None], timeout=30
-    )
-    return [p.pid for p in alive if not is_gone(p.pid)]
+def wait_gone(pids, timeout=30):
+    """Pids still running (zombies count as gone: the killed intermediate
+    processes are reaped by whoever adopts them, possibly slowly)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if not is_gone(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        procs = [p for p in map(_process_or_none, alive) if p is not None]
+        psutil.wait_procs(procs, timeout=0.05)
 
 
 def _process_or_none(pid):
