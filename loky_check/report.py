@@ -93,7 +93,12 @@ class Finding:
                 if self.argument in ("result", "exception")
                 else "in the worker"
             )
-            lines.append(f"{_BLOCK_INDENT}(pickles, but fails when loaded {where})")
+            if self.category == "fidelity":
+                lines.append(
+                    f"{_BLOCK_INDENT}(loads, but the copy differs from the original)"
+                )
+            else:
+                lines.append(f"{_BLOCK_INDENT}(fails when loaded {where})")
         if self.message:
             lines.extend(_BLOCK_INDENT + line for line in self.message.splitlines())
         if self.fix:

@@ -505,8 +505,17 @@ def _fix_text(
             " a reducer) that rebuilds it from picklable state."
         )
     if remedy == "fix_reducer":
-        where = reducer_name or "__reduce__ / __getstate__ / __setstate__"
-        return f"fix {short_type}'s {where} so that it returns picklable state and loads back."
+        if category == "fidelity":
+            where = reducer_name or "__reduce__ / __getstate__"
+            return f"fix {short_type}'s {where} so that the copy keeps every value of the original."
+        if category == "unpickle_error":
+            where = reducer_name or "__reduce__ / __setstate__"
+            return (
+                f"fix {short_type}'s {where} so that it loads back: the rebuild"
+                " function must accept what the reducer returns."
+            )
+        where = reducer_name or "__reduce__ / __getstate__"
+        return f"fix {short_type}'s {where} so that it returns picklable state without raising."
     if remedy == "restructure":
         return (
             "flatten the structure (or raise sys.setrecursionlimit in both processes)."
