@@ -101,6 +101,7 @@ def _without_culprits(report: Report | None) -> Report | None:
 # Recording loky pickler
 
 _MAIN_MARKER = b"__main__"
+_CLEAN: frozenset = frozenset()
 # Types that loky or cloudpickle reduce specially although standard pickle
 # handles them natively: noting them would only cost a needless check.
 _STANDARD_TYPES = frozenset(
@@ -118,9 +119,11 @@ _STANDARD_TYPES = frozenset(
 
 
 class _Recording(threading.local):
-    """Where the shared recording reducers put what they see (per thread)."""
+    """Per thread: where the recording reducers put what they see, and the
+    pickler kept for the next call (None while in use)."""
 
     noted: list | None = None
+    pickler: tuple | None = None
 
 
 _recording = _Recording()
@@ -197,18 +200,39 @@ class _RecordingDumper:
         """``(payload, noted objects, whether by-value objects were noted too)``."""
         reduction = _reduction()
         cls, records_by_value = self._recording_class(reduction.get_loky_pickler())
-        buf = io.BytesIO()
-        # protocol=None: exactly what the executor's feeder would have written.
-        pickler = cls(
-            buf, reducers=self._recording_reducers(reduction, cls), protocol=None
-        )
+        reducers = self._recording_reducers(reduction, cls)
+        state = _recording
+        cached = state.pickler
+        if cached is not None and cached[0] is cls and cached[1] is reducers:
+            # Reuse this thread's pickler: building one costs more than a
+            # tiny call's pickling (``dump`` starts from an empty output).
+            _, _, pickler, buf = cached
+            state.pickler = None  # busy: a nested dump builds its own
+            buf.seek(0)
+            buf.truncate()
+        else:
+            buf = io.BytesIO()
+            # protocol=None: exactly what the executor's feeder would write.
+            pickler = cls(buf, reducers=reducers, protocol=None)
         noted: list = []
-        previous, _recording.noted = _recording.noted, noted
+        previous, state.noted = state.noted, noted
         try:
             pickler.dump(obj)
         finally:
-            _recording.noted = previous
-        return buf.getvalue(), noted, records_by_value
+            state.noted = previous
+            # The memo holds every pickled object: do not keep them alive.
+            pickler.clear_memo()
+        payload = buf.getvalue()
+        if len(payload) <= _REUSE_LIMIT:
+            if hasattr(pickler, "globals_ref"):
+                pickler.globals_ref = {}  # cloudpickle's per-pickling state
+            state.pickler = (cls, reducers, pickler, buf)
+        return payload, noted, records_by_value
+
+
+# A pickler that wrote more than this is not kept for reuse: its output buffer
+# would be allocated at that size by every later dump.
+_REUSE_LIMIT = 1 << 16
 
 
 @functools.cache
@@ -464,7 +488,9 @@ class SubmitChecker:
             return None, frozenset(
                 {("dump failed", type(exc).__qualname__, message, _top_level_keys(obj))}
             )
-        signature = frozenset(_culprit_key(o) for o in noted if not _portable(o))
+        signature = _CLEAN
+        if noted:
+            signature = frozenset(_culprit_key(o) for o in noted if not _portable(o))
         if not records_by_value and _MAIN_MARKER in payload:
             signature |= _main_references(payload)
         return payload, signature

@@ -544,3 +544,45 @@ def test_a_large_argument_is_pickled_exactly_once(mode, pickler):
     finally:
         if owned:
             executor.shutdown(wait=True)
+
+
+def test_reusable_executor_takes_the_mode_as_part_of_its_key():
+    executor = loky.get_reusable_executor(1, pickle_check="error")
+    try:
+        with pytest.raises(PicklingCheckError):
+            executor.submit(identity, threading.Lock())
+        assert executor.submit(add, 1, y=1).result(timeout=60) == 2
+        again = loky.get_reusable_executor(1, pickle_check="error")
+        assert again is executor
+        other = loky.get_reusable_executor(1, pickle_check="off")
+        assert other is not executor and other._pickle_checker is None
+    finally:
+        loky.get_reusable_executor(1).shutdown(wait=True)
+
+
+class ReentrantArgument:
+    """Submits (checks) another call while being pickled: the reused pickler
+    must not be shared with the nested pickling."""
+
+    def __init__(self, checker):
+        self.checker = checker
+        self.inner_payload = None
+
+    def __reduce__(self):
+        *_, self.inner_payload = self.checker.check_submit(add, (5,), {"y": 6})
+        return add, (1, 2)
+
+
+def test_reused_pickler_keeps_payloads_independent(pickler):
+    checker = SubmitChecker("warn")
+    shared = ["shared", "list"]
+    first = checker.check_submit(identity, (shared,), {})[3]
+    second = checker.check_submit(add, (shared, shared), {})[3]
+    assert pickle.loads(first) == (identity, (shared,), {})
+    assert pickle.loads(second) == (add, (shared, shared), {})
+    fn, (a, b), _ = pickle.loads(second)
+    assert a is b  # shared references within one call survive
+    reentrant = ReentrantArgument(checker)
+    outer = checker.check_submit(identity, (reentrant,), {})[3]
+    assert pickle.loads(outer) == (identity, (3,), {})
+    assert pickle.loads(reentrant.inner_payload) == (add, (5,), {"y": 6})
