@@ -30,10 +30,22 @@ _item_mode_key = pytest.StashKey[str]()
 # ---------------------------------------------------------------- options
 
 
+class _SwallowedTestPath(str):
+    """A test path argparse handed to ``--loky-picklecheck`` as its MODE value
+    (``pytest --loky-picklecheck tests/``): the mode is ``report`` and the path
+    goes back to the positional arguments in :func:`pytest_configure`."""
+
+
+def _looks_like_test_path(value: str) -> bool:
+    return os.path.exists(value.split("::", 1)[0]) or "/" in value or ".py" in value
+
+
 def _mode_argument(value: str) -> str:
     """argparse type of ``--loky-picklecheck[=MODE]``: a usage error otherwise."""
     import argparse
 
+    if value not in MODES and _looks_like_test_path(value):
+        return _SwallowedTestPath(value)
     if value not in MODES:
         raise argparse.ArgumentTypeError(
             f"unknown mode {value!r} (choose from {', '.join(MODES)}; "
@@ -108,6 +120,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "for this test.",
     )
     mode = config.getoption("loky_picklecheck")
+    if isinstance(mode, _SwallowedTestPath):
+        _restore_test_path(config, str(mode))
+        mode = "report"
     if mode is None:
         mode = (config.getini("loky_picklecheck") or "off").strip()
         if mode not in MODES:
@@ -124,6 +139,15 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[_settings_key] = settings
     config.pluginmanager.register(_Reporter(config, settings), "pytest_loky_reporter")
+
+
+def _restore_test_path(config: pytest.Config, path: str) -> None:
+    """Put a path swallowed as the option's value back among the test paths."""
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        config.args.insert(0, path)
+    else:  # it was the only path: pytest fell back to testpaths / the cwd
+        config.args[:] = [path]
+        config.args_source = pytest.Config.ArgsSource.ARGS
 
 
 def _settings(config: pytest.Config) -> _Settings | None:

@@ -264,6 +264,18 @@ def test_unknown_modes_are_usage_errors(pytester: pytest.Pytester) -> None:
     assert "unknown mode" in result.stderr.str() and "test_x" in result.stderr.str()
 
 
+def test_a_path_after_the_bare_option_is_a_test_path_not_a_mode(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    pytester.makepyfile(test_two="def test_two():\n    assert False\n")
+    # `pytest --loky-picklecheck test_one.py` means mode report, on that file only
+    result = pytester.runpytest("--loky-picklecheck", "test_one.py")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest("--loky-picklecheck", "test_one.py", "test_two.py")
+    result.assert_outcomes(passed=1, failed=1)
+
+
 def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x="def test_x(assert_picklable):\n    pass\n")
     result = pytester.runpytest("-p", "no:pytest_loky")
