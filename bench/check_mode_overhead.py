@@ -46,16 +46,18 @@ def main_add(x, y):
     return x + y
 
 
-def run_tasks(executor, fn, n_tasks: int) -> float:
-    start = time.perf_counter()
+def run_tasks(executor, fn, n_tasks: int) -> tuple[float, float]:
+    """(tasks per second, parent CPU microseconds per task: all its threads)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     futures = [executor.submit(fn, i, 1) for i in range(n_tasks)]
     for future in futures:
         future.result()
-    return n_tasks / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return n_tasks / wall, cpu / n_tasks * 1e6
 
 
-def throughput(fn, n_tasks: int, rounds: int, workers: int) -> dict[str, float]:
-    best = dict.fromkeys(MODES, 0.0)
+def throughput(fn, n_tasks: int, rounds: int, workers: int) -> dict[str, tuple]:
+    best = {mode: (0.0, float("inf")) for mode in MODES}
     executors = {m: loky.ProcessPoolExecutor(workers, pickle_check=m) for m in MODES}
     try:
         with warnings.catch_warnings():
@@ -64,7 +66,8 @@ def throughput(fn, n_tasks: int, rounds: int, workers: int) -> dict[str, float]:
                 run_tasks(executor, fn, 200)  # start the workers, fill the caches
             for _ in range(rounds):
                 for mode, executor in executors.items():
-                    best[mode] = max(best[mode], run_tasks(executor, fn, n_tasks))
+                    rate, cpu = run_tasks(executor, fn, n_tasks)
+                    best[mode] = (max(best[mode][0], rate), min(best[mode][1], cpu))
     finally:
         for executor in executors.values():
             executor.shutdown(wait=True)
@@ -98,16 +101,21 @@ def main() -> None:
     options = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-    print(
-        f"python {sys.version.split()[0]}, pickler {loky.backend.reduction.get_loky_pickler_name()}"
-    )
-    for label, fn in [("operator.add", operator.add), ("__main__ function", main_add)]:
+    pickler = loky.backend.reduction.get_loky_pickler_name()
+    print(f"python {sys.version.split()[0]}, pickler {pickler}")
+    cases = [("operator.add", operator.add)]
+    if pickler != "pickle":  # a worker cannot load a __main__ function by name
+        cases.append(("__main__ function", main_add))
+    for label, fn in cases:
         best = throughput(fn, options.tasks, options.rounds, options.workers)
-        ratios = "  ".join(
-            f"{mode} {best[mode]:8.0f}/s ({best[mode] / best['off']:.3f})"
-            for mode in MODES
-        )
-        print(f"{options.tasks} tiny tasks, {label:<18} {ratios}")
+        off_rate, off_cpu = best["off"]
+        print(f"{options.tasks} tiny tasks, {label}:")
+        for mode in MODES:
+            rate, cpu = best[mode]
+            print(
+                f"  {mode:<5} {rate:8.0f} tasks/s  ratio {rate / off_rate:.3f}   "
+                f"parent CPU {cpu:5.1f} us/task  ratio {cpu / off_cpu:.3f}"
+            )
 
     size = options.mib << 20
     for mode, (count, seconds) in large_argument(size).items():
