@@ -445,6 +445,8 @@ class _Verdict:
     wrap_keys: frozenset = frozenset()
     # Its findings were warned about at its site: later calls skip the bookkeeping.
     settled: bool = False
+    # Why there is no report (the diagnosis itself failed), for the error text.
+    note: str = ""
 
 
 class SubmitChecker:
@@ -530,7 +532,7 @@ class SubmitChecker:
         if self.mode == "error" and (
             verdict.dump_failed or any(f.severity == "error" for f in report.findings)
         ):
-            raise PicklingCheckError(_error_text(report, verdict.dump_failed), report)
+            raise PicklingCheckError(_error_text(verdict, signature), report)
 
         if self.mode == "wrap" and verdict.wrap_keys:
             fn, args, kwargs, payload, verdict = self._wrap(
@@ -588,6 +590,14 @@ class SubmitChecker:
         return fn, args, kwargs, payload, verdict
 
     def _diagnose(self, fn, args, kwargs, dump_failed: bool) -> _Verdict:
+        try:
+            return self._run_engine(fn, args, kwargs, dump_failed)
+        except Exception as exc:  # a checker bug must not break submit()
+            target = _engine().describe_callable(fn)
+            note = f"{target}: the pickling check itself failed ({exc!r})"
+            return _Verdict(Report(target, "pickle"), dump_failed, note=note)
+
+    def _run_engine(self, fn, args, kwargs, dump_failed: bool) -> _Verdict:
         from .engine import Argument, bind_arguments, check_call
 
         split = _split_map_call(fn, args, kwargs)
@@ -681,10 +691,20 @@ def _where(finding: Finding) -> str:
     return f"{finding.path} ({finding.argument})"
 
 
-def _error_text(report: Report, dump_failed: bool) -> str:
+def _error_text(verdict: _Verdict, signature: frozenset) -> str:
+    report = verdict.report
     if report.findings:
         return str(report)
-    return f"{report.target}: the call cannot be pickled for the workers"
+    # The engine found nothing to name: say at least what the pickler said.
+    reasons = [
+        f"{part[1]}: {part[2]}"
+        for part in signature
+        if isinstance(part, tuple) and part[0] == "dump failed"
+    ]
+    text = f"{report.target}: the call cannot be pickled for the workers"
+    if reasons:
+        text += f" ({'; '.join(reasons)})"
+    return f"{text}\n{verdict.note}" if verdict.note else text
 
 
 # -- wrap mode ---------------------------------------------------------------

@@ -586,3 +586,18 @@ def test_reused_pickler_keeps_payloads_independent(pickler):
     outer = checker.check_submit(identity, (reentrant,), {})[3]
     assert pickle.loads(outer) == (identity, (3,), {})
     assert pickle.loads(reentrant.inner_payload) == (add, (5,), {"y": 6})
+
+
+def test_a_failing_diagnosis_never_breaks_submit(monkeypatch):
+    from loky_check import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr(engine, "check_call", broken)
+    warn = SubmitChecker("warn")
+    lock = threading.Lock()
+    _, caught = recorded(warn.check_submit, identity, (lock,), {})
+    assert caught == []  # nothing to report, and the call proceeds as usual
+    with pytest.raises(PicklingCheckError, match="cannot pickle '_thread.lock'"):
+        SubmitChecker("error").check_submit(identity, (lock,), {})
