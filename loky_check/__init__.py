@@ -19,6 +19,7 @@ _EXPORTS = {
     "Report": "report",
     "Finding": "report",
     "check_return_value": "worker_probe",
+    "diagnose_pickling_failure": "engine",
     "check_reducers": "reducers",
     "register_strategy": "reducers",
     "register_equality": "reducers",

@@ -452,3 +452,47 @@ def test_bad_input_gets_one_line_errors():
         check_object(1, pickler="dill")
     with pytest.raises(TypeError, match="kwargs must be a dict"):
         check_call(work, (), [1])
+
+
+def test_main_function_whose_global_loky_cannot_carry(monkeypatch):
+    namespace = {"__name__": "__main__", "DB": threading.Lock()}
+    exec("def uses_db(x):\n    return DB, x\n", namespace)
+    monkeypatch.setattr(
+        sys.modules["__main__"], "uses_db", namespace["uses_db"], raising=False
+    )
+    report = check_call(namespace["uses_db"], (1,))
+    # standard pickle stores it by name (a load failure), loky's pickler takes it
+    # by value and fails on the global: one finding, at the global
+    [finding] = report.findings
+    assert (finding.argument, finding.path, finding.category, finding.severity) == (
+        "fn",
+        "fn.<global DB>",
+        "sync_primitive",
+        "error",
+    )
+
+
+def test_severity_under_loky_pickler_env_pickle():
+    import subprocess
+
+    code = (
+        "import json\n"
+        "from loky_check import check_object\n"
+        "def job():\n    pass\n"
+        "r = check_object([lambda: 0, job], name='x')\n"
+        "print(json.dumps([(f.path, f.category, f.severity, f.carried_by['loky']) for f in r.findings]))\n"
+    )
+    env = {**__import__("os").environ, "LOKY_PICKLER": "pickle"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    # loky's pickler is standard pickle now: what it cannot carry is an error
+    assert json.loads(out.stdout) == [
+        ["x[0]", "lambda", "error", False],
+        ["x[1]", "main_module", "error", False],
+    ]
