@@ -209,10 +209,10 @@ def _bare_instance(cls: type) -> Any:
 def _location(defn: Any) -> str | None:
     """``file:line`` where a function or class is defined."""
     try:
-        if isinstance(defn, types.FunctionType):
+        if taxonomy.isa(defn, types.FunctionType):
             code = defn.__code__
             filename, line = code.co_filename, code.co_firstlineno
-        elif isinstance(defn, type):
+        elif taxonomy.isa(defn, type):
             filename = inspect.getsourcefile(defn)
             if filename is None:
                 return None
@@ -237,10 +237,10 @@ def _summary(obj: Any, definition: Any, type_name: str, location: str | None) ->
     if definition is not None:
         name = getattr(definition, "__qualname__", "?")
         return f"instance of class {name}{at}"
-    if isinstance(obj, types.FunctionType):
+    if taxonomy.isa(obj, types.FunctionType):
         name = obj.__name__ if obj.__name__ == "<lambda>" else obj.__qualname__
         return f"function {name}{at}"
-    if isinstance(obj, type):
+    if taxonomy.isa(obj, type):
         return f"class {obj.__qualname__}{at}"
     return type_name
 

@@ -533,7 +533,7 @@ def _constructor_steps(obj: Any, cls: Any, n: int) -> list[str]:
         and all(isinstance(f, str) for f in fields)
     ):
         return [f".{f}" for f in fields]
-    if isinstance(obj, BaseException):
+    if taxonomy.isa(obj, BaseException):
         return [f".args[{i}]" for i in range(n)]
     return [f".<reduce {i}>" for i in range(n)]
 
@@ -669,18 +669,18 @@ def _item_step(i: int) -> str:
 
 
 def _expand_object(obj: Any, tester: Tester) -> list[Child]:
-    if isinstance(obj, types.FunctionType):
+    if taxonomy.isa(obj, types.FunctionType):
         # plain pickle: a function is a global, nothing below it
         if tester.by_value and not by_reference(obj):
             return _function_children(obj)
         return []
-    if isinstance(obj, type):
+    if taxonomy.isa(obj, type):
         if tester.by_value and not by_reference(obj):
             return _class_children(obj)
         return []
-    if isinstance(obj, types.MethodType):
+    if taxonomy.isa(obj, types.MethodType):
         return [Child(".__self__", obj.__self__), Child(".__func__", obj.__func__)]
-    if isinstance(obj, functools.partial):
+    if taxonomy.isa(obj, functools.partial):
         return _partial_children(obj)
     rv = _reduce_value(obj, tester)
     if rv is None or isinstance(rv, str):

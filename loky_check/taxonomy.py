@@ -175,6 +175,11 @@ def _types_of(category: str) -> tuple[type, ...]:
     )
 
 
+def isa(obj: Any, kinds: type | tuple[type, ...]) -> bool:
+    """``isinstance`` by the real type: never consults a ``__class__`` property."""
+    return issubclass(type(obj), kinds)
+
+
 def classify_type(obj: Any) -> str | None:
     """The category an object belongs to by its type alone, or None.
 
@@ -184,7 +189,7 @@ def classify_type(obj: Any) -> str | None:
     """
     for category in _TYPE_ORDER:
         kinds = _types_of(category)
-        if kinds and isinstance(obj, kinds):
+        if kinds and isa(obj, kinds):
             return category
     return None
 
@@ -221,10 +226,10 @@ def classify_definition(defn: Any, *, main_ref: bool = False) -> str:
     qualname = _definition_attr(defn, "__qualname__") or ""
     if main_ref:
         return "main_module"
-    if isinstance(defn, types.FunctionType) and defn.__name__ == "<lambda>":
+    if isa(defn, types.FunctionType) and defn.__name__ == "<lambda>":
         return "lambda"
     if "<locals>" in str(qualname):
-        return "local_class" if isinstance(defn, type) else "local_function"
+        return "local_class" if isa(defn, type) else "local_function"
     if module in ("__main__", "__mp_main__"):
         return "main_module"
     return "not_importable"
@@ -232,7 +237,7 @@ def classify_definition(defn: Any, *, main_ref: bool = False) -> str:
 
 def is_definition(obj: Any) -> bool:
     """Functions and classes: what pickle stores by module and name."""
-    return isinstance(obj, (types.FunctionType, type))
+    return isa(obj, (types.FunctionType, type))
 
 
 def categorize(
@@ -294,11 +299,7 @@ def choose_remedy(
         create = tuple(
             t for t in (_resolve(m, n) for m, n in _CREATE_IN_WORKER_C_TYPES) if t
         )
-        return (
-            "create_in_worker"
-            if create and isinstance(obj, create)
-            else "implement_reduce"
-        )
+        return "create_in_worker" if create and isa(obj, create) else "implement_reduce"
     if category == "unpickle_error":
         if isinstance(exc, ModuleNotFoundError):
             return "pickle_by_value"

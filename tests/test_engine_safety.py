@@ -270,3 +270,23 @@ def test_no_exception_escapes_on_hostile_objects(pickler):
     )
     assert not report.ok
     assert report.to_dict()["findings"]
+
+
+class Disguised:
+    """Lies about its class through a property, as some proxies do."""
+
+    def __init__(self):
+        self.value = 1
+
+    @property
+    def __class__(self):
+        return threading.Event
+
+
+def test_classification_uses_the_real_type_not_a_class_property():
+    [finding] = check_object([Disguised()], name="x").findings
+    # the pickler itself reads __class__ (and rejects the lie); the engine
+    # judges by the real type, so this is not taken for an event
+    assert finding.path == "x[0]"
+    assert finding.type == f"{__name__}.Disguised"
+    assert finding.category != "sync_primitive"
