@@ -74,6 +74,37 @@ def throughput(fn, n_tasks: int, rounds: int, workers: int) -> dict[str, tuple]:
     return best
 
 
+def pickling_cost(rounds: int, number: int = 20_000) -> dict[str, float]:
+    """Parent-side pickling CPU per tiny call (microseconds), without the pool.
+
+    ``off``: the feeder pickles the call item holding fn and args. A check mode:
+    ``check_submit`` pickles the call (the payload), then the feeder pickles the
+    call item holding those bytes. Less noisy than a pool's throughput.
+    """
+    import timeit
+
+    from loky.backend.reduction import dumps
+    from loky.process_executor import _CallItem
+    from loky_check.runtime import SubmitChecker
+
+    checker = SubmitChecker("warn")
+
+    def off():
+        dumps(_CallItem(0, operator.add, (1, 1), {}))
+
+    def checked():
+        fn, args, kwargs, payload = checker.check_submit(operator.add, (1, 1), {})
+        dumps(_CallItem(0, None, None, None, payload, "warn"))
+
+    def best(stmt) -> float:
+        times = timeit.repeat(
+            stmt, number=number, repeat=rounds, timer=time.process_time
+        )
+        return min(times) / number * 1e6
+
+    return {"off": best(off), "warn/error": best(checked)}
+
+
 def large_argument(size: int) -> dict[str, tuple[int, float]]:
     # By reference (the class is imported from this module, not __main__):
     # a clean call, which the check pickles exactly once.
@@ -116,6 +147,12 @@ def main() -> None:
                 f"  {mode:<5} {rate:8.0f} tasks/s  ratio {rate / off_rate:.3f}   "
                 f"parent CPU {cpu:5.1f} us/task  ratio {cpu / off_cpu:.3f}"
             )
+
+    cost = pickling_cost(options.rounds)
+    print(
+        f"parent pickling per tiny call: off {cost['off']:.2f} us, warn/error "
+        f"{cost['warn/error']:.2f} us (+{cost['warn/error'] - cost['off']:.2f} us)"
+    )
 
     size = options.mib << 20
     for mode, (count, seconds) in large_argument(size).items():
