@@ -165,9 +165,26 @@ def _validate(options: argparse.Namespace) -> None:
 @contextlib.contextmanager
 def _user_output_to_stderr() -> Iterator[None]:
     """What user code prints while loaded or called goes to stderr: stdout is
-    the report's (and must stay valid JSON with --json)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    the report's (and must stay valid JSON with --json).
+
+    Redirected at the file-descriptor level too when stdout is fd 1, because
+    the loky workers the checks start inherit fd 1 and import user modules.
+    """
+    saved_fd = None
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        if sys.stdout.fileno() == 1:
+            sys.stdout.flush()
+            saved_fd = os.dup(1)
+            os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved_fd is not None:
+            with contextlib.suppress(OSError):
+                sys.stderr.flush()
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
 
 
 def _check(
@@ -386,11 +403,9 @@ def _fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``loky-check`` with ``argv`` (default ``sys.argv[1:]``); the exit status."""
-    from .fixer import FixError
-
     try:
         return _run(argv)
-    except (UsageError, TargetError, FixError) as exc:
+    except (UsageError, TargetError) as exc:  # includes fixer.FixError
         return _fail(str(exc))
     except SystemExit as exc:  # --help / --version from argparse
         return exc.code if isinstance(exc.code, int) else EXIT_OK

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+import sys
 import sysconfig
 import tempfile
 import types
@@ -28,6 +29,8 @@ import libcst as cst
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
 from libcst.metadata import MetadataWrapper, PositionProvider
+
+from .targets import TargetError
 
 __all__ = [
     "DECORATOR",
@@ -44,8 +47,11 @@ DECORATOR = "wrap_non_picklable_objects"
 IMPORT_LINE = f"from loky import {DECORATOR}"
 
 
-class FixError(Exception):
-    """The rewrite cannot be applied; ``str()`` is the one-line reason."""
+class FixError(TargetError):
+    """The rewrite cannot be applied; ``str()`` is the one-line reason.
+
+    A :class:`~loky_check.targets.TargetError`, so the CLI reports it (exit 2)
+    without importing libcst when no fix was asked for."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,16 @@ class FixPlan:
         chunks = []
         for rewrite in self.changed:
             shown = _display_path(rewrite.path)
+            # git-style a/ b/ prefixes for paths below the current folder.
+            old_name, new_name = (
+                (shown, shown) if os.path.isabs(shown) else (f"a/{shown}", f"b/{shown}")
+            )
             chunks.extend(
                 difflib.unified_diff(
                     rewrite.old.splitlines(keepends=True),
                     rewrite.new.splitlines(keepends=True),
-                    fromfile=f"a/{shown}",
-                    tofile=f"b/{shown}",
+                    fromfile=old_name,
+                    tofile=new_name,
                 )
             )
         text = "".join(chunks)
@@ -170,13 +180,17 @@ def _unwrap_definition(obj: Any) -> Any:
 
 
 def _source_file_of_class(cls: type) -> str | None:
-    import sys
-
+    """The file defining ``cls``: its module's, else its methods' code's."""
     module = sys.modules.get(cls.__module__)
     path = getattr(module, "__file__", None)
-    # A local class of another module keeps its module's file; a class whose
-    # module was replaced (a script loaded as __main__) still has __file__.
-    return path if path and path.endswith(".py") else None
+    if path and path.endswith(".py"):
+        return path
+    for value in vars(cls).values():
+        function = getattr(value, "__func__", value)
+        code = getattr(function, "__code__", None)
+        if code is not None and code.co_filename.endswith(".py"):
+            return code.co_filename
+    return None
 
 
 def _parse_location(location: str | None) -> tuple[str, int] | None:
@@ -199,7 +213,7 @@ def _site_for(finding: Any) -> DefinitionSite | ManualFix | None:
             return ManualFix(
                 where, _lambda_advice(code.co_filename, code.co_firstlineno, finding)
             )
-        if not os.path.exists(code.co_filename) and location is None:
+        if code.co_filename.startswith("<"):  # <string>, <stdin>: no file to rewrite
             return ManualFix(
                 where, f"{_what(finding)}: no source file to rewrite; {_hand_advice()}"
             )
