@@ -601,3 +601,24 @@ def test_a_failing_diagnosis_never_breaks_submit(monkeypatch):
     assert caught == []  # nothing to report, and the call proceeds as usual
     with pytest.raises(PicklingCheckError, match="cannot pickle '_thread.lock'"):
         SubmitChecker("error").check_submit(identity, (lock,), {})
+
+
+def test_threads_submitting_at_one_site_warn_once(pickler):
+    checker = SubmitChecker("warn")
+    barrier = threading.Barrier(4)
+
+    def submit_many():
+        barrier.wait()
+        for n in range(20):
+            checker.check_submit(call_it, (lambda v: v, n), {})  # SITE-threads
+
+    def run_threads():
+        threads = [threading.Thread(target=submit_many) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    _, caught = recorded(run_threads)
+    assert len(caught) == 1
+    assert caught[0].lineno == line_of("# SITE-threads")
