@@ -23,7 +23,7 @@ import itertools
 import pickle
 import reprlib
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import taxonomy
@@ -389,7 +389,6 @@ def by_reference(defn: Any) -> bool:
         return False
 
 
-_FUNCTION_STATE_SKIP = frozenset()
 _CLASS_DICT_SKIP = frozenset(
     {
         "__dict__",
@@ -971,7 +970,3 @@ def walk(
     """All culprits below ``root`` (one per distinct object), root-first paths."""
     walker = Walker(tester, by_value_tester=by_value_tester)
     return walker.walk(root, path, status)
-
-
-def iter_paths(culprits: Iterable[Culprit]) -> list[str]:
-    return [c.path for c in culprits]

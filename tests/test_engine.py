@@ -452,6 +452,8 @@ def test_bad_input_gets_one_line_errors():
         check_object(1, pickler="dill")
     with pytest.raises(TypeError, match="kwargs must be a dict"):
         check_call(work, (), [1])
+    with pytest.raises(TypeError, match="args must be a tuple, got int"):
+        check_call(work, 5)
 
 
 def test_main_function_whose_global_loky_cannot_carry(monkeypatch):
