@@ -401,12 +401,12 @@ def _split_map_call(fn: Any, args: tuple, kwargs: dict) -> tuple[Callable, Any] 
     return None
 
 
-def _top_level_keys(call: Any) -> tuple:
-    """Culprit keys of the callable and each argument (of each ``map`` item)."""
-    try:
-        fn, args, kwargs = call
-    except (TypeError, ValueError):  # a map item: a tuple of arguments
-        return tuple(_culprit_key(v) for v in call)
+def _top_level_keys(obj: Any, is_call: bool) -> tuple:
+    """Culprit keys of the callable and each argument (of each ``map`` item);
+    ``obj`` is ``(fn, args, kwargs)``, or a map item's argument tuple."""
+    if not is_call:
+        return tuple(_culprit_key(v) for v in obj)
+    fn, args, kwargs = obj
     split = _split_map_call(fn, args, kwargs)
     if split is not None:
         real_fn, chunk = split
@@ -479,8 +479,9 @@ class SubmitChecker:
 
     # -- the fast path -----------------------------------------------------
 
-    def _dump(self, obj: Any) -> tuple[bytes | None, frozenset]:
-        """Pickle ``obj`` once; ``(payload, signature)``, signature empty when clean."""
+    def _dump(self, obj: Any, is_call: bool = True) -> tuple[bytes | None, frozenset]:
+        """Pickle ``obj`` (a call, or a map item's arguments) once;
+        ``(payload, signature)``, the signature empty when clean."""
         try:
             payload, noted, records_by_value = self._dumper.dump(obj)
         except Exception as exc:  # anything a __reduce__ may raise
@@ -488,7 +489,14 @@ class SubmitChecker:
             # the top-level values' keys tell calls apart.
             message = _ADDRESS.sub("", str(exc))[:300]
             return None, frozenset(
-                {("dump failed", type(exc).__qualname__, message, _top_level_keys(obj))}
+                {
+                    (
+                        "dump failed",
+                        type(exc).__qualname__,
+                        message,
+                        _top_level_keys(obj, is_call),
+                    )
+                }
             )
         signature = _CLEAN
         if noted:
@@ -627,7 +635,7 @@ class SubmitChecker:
         report = None
         seen: set[frozenset] = set()
         for index, item in enumerate(chunk):
-            _, signature = self._dump(tuple(item))
+            _, signature = self._dump(tuple(item), is_call=False)
             if index and (not signature or signature in seen):
                 continue
             seen.add(signature)

@@ -622,3 +622,18 @@ def test_threads_submitting_at_one_site_warn_once(pickler):
     _, caught = recorded(run_threads)
     assert len(caught) == 1
     assert caught[0].lineno == line_of("# SITE-threads")
+
+
+def three(a, b, c):
+    return (a, b, c)
+
+
+def test_map_items_of_three_arguments(pickler):
+    checker = SubmitChecker("error")
+    from loky.process_executor import _process_chunk
+
+    chunk = ((1, 2, 3), (4, threading.Lock(), {"k": 1}))
+    with pytest.raises(PicklingCheckError) as info:
+        checker.check_submit(_process_chunk, (three, chunk), {})
+    finding = info.value.report.findings[0]
+    assert (finding.path, finding.category) == ("b", "sync_primitive")
