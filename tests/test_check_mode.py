@@ -637,3 +637,16 @@ def test_map_items_of_three_arguments(pickler):
         checker.check_submit(_process_chunk, (three, chunk), {})
     finding = info.value.report.findings[0]
     assert (finding.path, finding.category) == ("b", "sync_primitive")
+
+
+def test_wrap_instance_of_a_local_class(pickler):
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    executor = executor_for("wrap")
+    future, caught = recorded(executor.submit, holder_type_name, Point(1))
+    # the worker gets the bare instance back (cloudpickle carries its class)
+    assert future.result(timeout=60) == "Point"
+    assert len(caught) == 1 and "wrapped holder (args[0])" in str(caught[0].message)
+    assert caught[0].message.report.findings[0].category == "local_class"
