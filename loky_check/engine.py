@@ -348,7 +348,7 @@ def _diagnose_argument(
         if not status.bad:
             return []
         culprits = walker.walk(argument.value, argument.root, status)
-    except RecursionError as exc:  # the walk itself must never let one escape
+    except Exception as exc:  # noqa: BLE001 - the walk must never let one escape
         culprits = [
             replay.Culprit(
                 argument.root,

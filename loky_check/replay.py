@@ -493,7 +493,7 @@ def _reduce_value(obj: Any, tester: Tester) -> Any:
     if tester.reducer_override is not None:
         try:
             rv = tester.reducer_override(obj)
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever a reducer raises
             raise ReduceFailed(exc, "reducer_override", True) from None
         if rv is not NotImplemented:
             return rv
@@ -504,7 +504,7 @@ def _reduce_value(obj: Any, tester: Tester) -> Any:
     if reducer is not None:
         try:
             return reducer(obj)
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever a reducer raises
             name = getattr(reducer, "__qualname__", "registered reducer")
             raise ReduceFailed(exc, f"registered reducer {name}", True) from None
     if issubclass(cls, type):
@@ -517,7 +517,7 @@ def _reduce_value(obj: Any, tester: Tester) -> Any:
         if reduce is None:
             raise pickle.PicklingError(f"Can't pickle {type_name(obj)} object")
         return reduce()
-    except BaseException as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - whatever a reducer raises
         user = _user_reducer_name(cls)
         raise ReduceFailed(exc, user or "__reduce_ex__", user is not None) from None
 
@@ -848,6 +848,11 @@ class Walker:
         except RecursionError as error:
             node.status = Status(False, error)
             self._culprit(node, tester)
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. a reducer's item iterator raised
+            user = _user_reducer_name(type(obj))
+            failure = ReduceFailed(error, user or "__reduce_ex__", user is not None)
+            self._culprit(node, tester, reduce_failure=failure)
             return
         if not children:
             self._culprit(node, tester)

@@ -290,3 +290,19 @@ def test_classification_uses_the_real_type_not_a_class_property():
     assert finding.path == "x[0]"
     assert finding.type == f"{__name__}.Disguised"
     assert finding.category != "sync_primitive"
+
+
+class BadItems(list):
+    """Its reducer hands the pickler an iterator that raises."""
+
+    def __reduce_ex__(self, protocol):
+        def items():
+            yield 1
+            raise RuntimeError("items exploded")
+
+        return (BadItems, (), None, items())
+
+
+def test_a_reducer_whose_items_raise():
+    [finding] = check_object({"b": BadItems()}, name="d").findings
+    assert (finding.path, finding.category) == ("d['b']", "reduce_error")
