@@ -42,9 +42,13 @@ name; a file outside any package is a script, loaded as __main__ the way
 """
 
 _EPILOG = """\
+--fix decorates the def/class behind every finding whose remedy is `wrap`
+(an inline lambda is listed with the change to make by hand); --diff prints
+that change as a unified diff on stdout and writes nothing.
+
 exit status: 0 no error-level finding (--strict: no warning either),
-1 findings (or a failing reducer), 2 usage error, target not importable,
-factory raised.
+1 findings (or a failing reducer; with --fix, findings it did not fix),
+2 usage error, target not importable, factory raised, file not fixable.
 """
 
 

@@ -137,14 +137,47 @@ RULE_LINE = (
 )
 
 
-def run_cli(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 90):
+def _env(extra: dict | None = None) -> dict:
     base = {
         k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "LOKY_CHECK_DEBUG")
     }
+    return {**base, **(extra or {})}
+
+
+def run_many(*argvs: list[str], cwd: Path, timeout: float = 90) -> list:
+    """Run several ``python -m loky_check`` at once (they are independent, and
+    most of their time is spent starting interpreters and workers)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "loky_check", *argv],
+            cwd=cwd,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    results = []
+    try:
+        for proc, argv in zip(procs, argvs, strict=True):
+            stdout, stderr = proc.communicate(timeout=timeout)
+            results.append(
+                subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+            )
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def run_cli(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 90):
     return subprocess.run(
         [sys.executable, "-m", "loky_check", *argv],
         cwd=cwd,
-        env={**base, **(env or {})},
+        env=_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -182,11 +215,21 @@ def test_callable_alone_is_ok_with_console_script(project):
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("target", ["app.work:Shop.price", "app/work.py:total"])
-def test_method_and_file_targets(project, target):
-    result = run_cli(target, cwd=project)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"loky-check  {target}   pickler: pickle   ok\n")
+def test_method_and_file_targets(project):
+    targets = ["app.work:Shop.price", "app/work.py:total"]
+    *plain, method_examples = run_many(
+        *([t] for t in targets), ["app.work:Shop.price", "--examples", "2"], cwd=project
+    )
+    for target, result in zip(targets, plain, strict=True):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(
+            f"loky-check  {target}   pickler: pickle   ok\n"
+        )
+    # --examples builds `self` of a method as an instance of its class.
+    assert method_examples.returncode == 0, method_examples.stderr
+    assert method_examples.stdout.splitlines()[-1] == (
+        "ok: 0 errors, 0 warnings in fn and 2 calls (pickler: pickle)"
+    )
 
 
 def test_args_from_checks_every_call(project):
@@ -200,14 +243,13 @@ def test_args_from_checks_every_call(project):
 
 def test_warning_passes_but_fails_with_strict(project):
     argv = ["app.work:apply", "--args-from", "app.calls:rules"]
-    result = run_cli(*argv, cwd=project)
+    result, strict = run_many(argv, [*argv, "--strict"], cwd=project)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "1 warning" in out.splitlines()[0]
     assert "warning  rule  (args[0])   rule\n" in out
     assert "[local_function]" in out and "wrap_non_picklable_objects(rule)" in out
     assert out.splitlines()[-1].endswith("(warnings do not fail without --strict)")
-    strict = run_cli(*argv, "--strict", cwd=project)
     assert strict.returncode == 1
     assert strict.stdout.splitlines()[-1].startswith("FAIL: 0 errors, 1 warning")
 
@@ -247,26 +289,24 @@ def test_json_report(project):
     assert finding["location"].endswith(f"app/work.py:{RULE_LINE}")
 
 
-@pytest.mark.parametrize("pickler", ["cloudpickle", "loky"])
-def test_pickler_option(project, pickler):
+def test_pickler_option(project):
     # cloudpickle (and loky's default pickler) carry a nested function by value.
-    result = run_cli(
-        "app.work:apply",
-        "--args-from",
-        "app.calls:rules",
-        "--pickler",
-        pickler,
-        "--strict",
-        cwd=project,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith(
-        f"loky-check  app.work:apply   pickler: {pickler}   ok\n"
-    )
+    picklers = ["cloudpickle", "loky"]
+    argv = ["app.work:apply", "--args-from", "app.calls:rules", "--strict", "--pickler"]
+    results = run_many(*([*argv, p] for p in picklers), cwd=project)
+    for pickler, result in zip(picklers, results, strict=True):
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith(
+            f"loky-check  app.work:apply   pickler: {pickler}   ok\n"
+        )
 
 
 def test_examples_use_registered_strategies(project):
-    result = run_cli("app.work:use", "--examples", "3", cwd=project)
+    result, plain = run_many(
+        ["app.work:use", "--examples", "3"],
+        ["app.work:total", "--examples", "5", "--json"],
+        cwd=project,
+    )
     assert result.returncode == 1, result.stderr
     assert "error    handle  (args[0])   handle.lock\n" in result.stdout
     assert "[sync_primitive]" in result.stdout
@@ -274,47 +314,43 @@ def test_examples_use_registered_strategies(project):
         result.stdout.splitlines()[-1]
         == "FAIL: 1 error, 0 warnings in fn and 3 calls (pickler: pickle)"
     )
-    plain = run_cli("app.work:total", "--examples", "5", "--json", cwd=project)
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["findings"] == []
 
 
 def test_run_checks_return_values_in_a_worker(project):
-    # The arguments travel fine; only running the call shows the result cannot.
-    sent_only = run_cli("app.work:numbers", "--examples", "2", cwd=project)
-    assert sent_only.returncode == 0, sent_only.stderr
-    result = run_cli(
-        "app.work:numbers", "--examples", "2", "--run", "--json", cwd=project
+    sent_only, result, fine = run_many(
+        ["app.work:numbers", "--examples", "2"],
+        ["app.work:numbers", "--examples", "2", "--run", "--json"],
+        ["app.work:total", "--args-from", "app.calls:good", "--run"],
+        cwd=project,
     )
+    # The arguments travel fine; only running the call shows the result cannot.
+    assert sent_only.returncode == 0, sent_only.stderr
     assert result.returncode == 1, result.stderr
     [finding] = json.loads(result.stdout)["findings"]
     assert (finding["argument"], finding["category"]) == ("result", "generator")
     assert finding["type"] == "builtins.generator"
-    fine = run_cli(
-        "app.work:total", "--args-from", "app.calls:good", "--run", cwd=project
-    )
     assert fine.returncode == 0, fine.stdout + fine.stderr
 
 
-def test_reducers_without_target(project):
-    lossy = run_cli("--reducers", "app.geo", cwd=project)
+def test_reducers_with_and_without_target(project):
+    lossy, as_json, with_target = run_many(
+        ["--reducers", "app.geo"],
+        ["--reducers", "app.geo", "--examples", "20", "--json"],
+        ["app.work:total", "--reducers", "app.money"],
+        cwd=project,
+    )
     assert lossy.returncode == 1, lossy.stderr
     assert lossy.stdout.startswith(
         "loky-check  reducers: app.geo   pickler: pickle   0/1 reducers hold"
     )
     assert "app.geo.reduce_point" in lossy.stdout and ".y: " in lossy.stdout
-    as_json = run_cli(
-        "--reducers", "app.geo", "--examples", "20", "--json", cwd=project
-    )
     assert as_json.returncode == 1
     [reducer] = json.loads(as_json.stdout)["reducers"]
     assert (reducer["type"], reducer["ok"]) == ("app.geo.Point", False)
-
-
-def test_reducers_with_target(project):
-    result = run_cli("app.work:total", "--reducers", "app.money", cwd=project)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1/1 reducers hold" in result.stdout.splitlines()[0]
+    assert with_target.returncode == 0, with_target.stdout + with_target.stderr
+    assert "1/1 reducers hold" in with_target.stdout.splitlines()[0]
 
 
 def test_user_output_does_not_break_json(project):
