@@ -18,7 +18,9 @@ Cost model (clean calls must stay cheap):
   first half: such a reference cannot be loaded by a worker.
 * Each noted object is tried with standard pickle once per function code /
   class / type (cached): most calls note nothing, so a clean call costs one
-  pickling plus a few dictionary look-ups.
+  pickling plus a few dictionary look-ups. Each thread reuses its recording
+  pickler (memo cleared after every call): building a pickler costs more than
+  pickling a tiny call.
 * Only a call that failed to pickle or noted a non-portable object pays for the
   engine's diagnosis, and only once per call site and culprit set: the verdict
   is cached under ``(call site, signature)``.
