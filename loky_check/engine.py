@@ -398,9 +398,13 @@ def _check(
     if in_worker:
         from . import worker_probe
 
-        report = report.merge(
-            worker_probe.load_in_worker(arguments, ctx, target, findings)
-        )
+        try:
+            loaded = worker_probe.load_in_worker(arguments, ctx, target, findings)
+        except Exception as exc:  # noqa: BLE001 - no worker to ask: say so in one line
+            raise RuntimeError(
+                f"in_worker=True could not run the check in a loky worker: {exc!r}"
+            ) from exc
+        report = report.merge(loaded)
     return report
 
 

@@ -498,3 +498,31 @@ def test_severity_under_loky_pickler_env_pickle():
         ["x[0]", "lambda", "error", False],
         ["x[1]", "main_module", "error", False],
     ]
+
+
+def test_diagnose_pickling_failure_for_results_and_loads():
+    from loky_check import diagnose_pickling_failure
+
+    report = diagnose_pickling_failure({"handle": LOCK}, name="result")
+    assert report.pickler == "loky"
+    assert [(f.argument, f.path, f.category, f.stage) for f in report.findings] == [
+        ("result", "result['handle']", "sync_primitive", "dump")
+    ]
+    report = diagnose_pickling_failure(
+        [LOCK], name="payload", stage="load", pickler="pickle"
+    )
+    assert [(f.path, f.stage) for f in report.findings] == [("payload[0]", "load")]
+    assert diagnose_pickling_failure([1, 2], name="result").findings == []
+
+
+def test_in_worker_without_a_working_executor_is_a_one_line_error(monkeypatch):
+    from loky_check import worker_probe
+
+    def broken(executor=None):
+        raise OSError("no processes left")
+
+    monkeypatch.setattr(worker_probe, "probe_executor", broken)
+    with pytest.raises(
+        RuntimeError, match="in_worker=True could not run the check in a loky worker"
+    ):
+        check_call(work, (1, 2), in_worker=True)
