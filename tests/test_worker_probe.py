@@ -13,10 +13,12 @@ from loky_check import check_call, check_object, check_return_value
 
 @pytest.fixture(scope="module", autouse=True)
 def shutdown_probe_executor():
+    """The probes run on loky's reusable executor: stop its worker afterwards."""
     yield
-    from loky import get_reusable_executor
-
-    get_reusable_executor(max_workers=1, reuse=True).shutdown(wait=True)
+    module = sys.modules.get("loky.reusable_executor")
+    executor = getattr(getattr(module, "_executor_storage", None), "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
 
 
 def target(a, b=None, *, kw=None):
