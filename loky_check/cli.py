@@ -336,6 +336,7 @@ def _run(argv: Sequence[str] | None) -> int:
                         fn, options.examples, options.target, owner=owner
                     )
                 )
+            targets.check_calls_fit(fn, calls, options.target)
             if options.run and not calls:
                 if not _runnable_without_arguments(fn):
                     raise UsageError(

@@ -39,6 +39,7 @@ __all__ = [
     "Call",
     "Reference",
     "TargetError",
+    "check_calls_fit",
     "describe_exception",
     "ensure_cwd_on_path",
     "example_calls",
@@ -702,3 +703,21 @@ def example_calls(
         kwargs = {name: values[name] for name in keyword_only}
         calls.append(Call(args, kwargs, f"example {index}"))
     return calls
+
+
+def check_calls_fit(fn: Any, calls: list[Call], target: str) -> None:
+    """Each call must bind to ``fn``'s signature, as it will in the worker."""
+    import inspect
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: nothing to compare against
+    for call in calls:
+        try:
+            signature.bind(*call.args, **call.kwargs)
+        except TypeError as exc:
+            raise TargetError(
+                f"{call.label} does not fit "
+                f"{target}{signature.replace(return_annotation=signature.empty)}: {exc}"
+            ) from None

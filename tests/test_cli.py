@@ -474,3 +474,16 @@ def test_help_lists_every_option(project):
         "--strict",
     ):
         assert option in result.stdout
+
+
+def test_main_in_process_returns_the_exit_status(capsys):
+    from loky_check.cli import main
+
+    assert main(["nosuchmodule_xyz:f"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "loky-check: error: no module named 'nosuchmodule_xyz' (target 'nosuchmodule_xyz:f')\n"
+    )
+    assert captured.out == ""
+    assert main(["--help"]) == 0
+    assert "--args-from" in capsys.readouterr().out

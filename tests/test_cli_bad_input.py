@@ -93,6 +93,9 @@ def project(tmp_path_factory) -> Path:
             def empty():
                 return []
 
+            def number_pairs():
+                return [(([1], 2), {}), (([1],), {})]
+
             def rule_calls():
                 return ((rules.make_rule(2), [1, 2]), {})
 
@@ -196,6 +199,13 @@ def project(tmp_path_factory) -> Path:
             ["kwargs of item 0 must be a dict, got list"],
         ),
         (["app.work:needs", "--args-from", "app.calls:empty"], ["returned no calls"]),
+        (
+            ["app.work:total", "--args-from", "app.calls:number_pairs"],
+            [
+                "call 1 from app.calls:number_pairs does not fit app.work:total"
+                "(values: list[int], scale: int): missing a required argument: 'scale'"
+            ],
+        ),
         (
             ["app.work:needs", "--args-from", "app.calls"],
             ["malformed factory 'app.calls'"],
