@@ -345,9 +345,10 @@ def _run_and_probe(fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     if payload is not None:
         try:
             pickle.loads(payload)
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a reducer or __setstate__ raised
             load_error = _exception_record(exc)
             payload = None
+            report.findings.extend(_narrow_here(outcome, name, exc))
     return {
         "name": name,
         "report": _strip(report),
@@ -355,6 +356,47 @@ def _run_and_probe(fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
         "load_error": load_error,
         "type": replay.type_name(outcome),
     }
+
+
+class _LocalProber:
+    """Loads in this very process (for a value that fails to load where it was made)."""
+
+    def load(self, payloads: list[bytes]) -> list[BaseException | None]:
+        return [error for error, _copy in _rebuild_all(_load_payloads(payloads))]
+
+
+def _rebuild_all(records: list) -> list[tuple[BaseException | None, bytes | None]]:
+    return [(None if r is None else _rebuild_exception(r), copy) for r, copy in records]
+
+
+def _narrow_here(outcome: Any, name: str, exc: BaseException) -> list[Finding]:
+    """Findings, narrowed to the culprit, for a value that does not load back."""
+    from .engine import Argument, _Context, make_finding
+
+    ctx = _Context("loky")
+    argument = Argument(name, None, name, outcome)
+    findings = []
+    try:
+        culprits = _narrow(_LocalProber(), ctx, outcome, name, exc)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - fall back to the value as a whole
+        culprits = [(name, outcome, None, exc)]
+    for path, obj, definition, error in culprits:
+        culprit = replay.Culprit(
+            path,
+            obj,
+            replay.Status(True),
+            "loky",
+            definition=definition,
+            exc=error,
+            stage="load",
+        )
+        carried = _load_carried(ctx, obj, definition)
+        finding = make_finding(culprit, argument, ctx, carried=carried)
+        finding.message = finding.message.replace(
+            "loading it fails", "loading it back fails"
+        )
+        findings.append(finding)
+    return findings
 
 
 def check_return_value(
@@ -382,7 +424,7 @@ def check_return_value(
         return Report(target=target, pickler="pickle", findings=[finding])
     name, type_name = probe["name"], probe["type"]
     findings = list(probe["report"].findings)
-    if probe["load_error"] is not None:
+    if probe["load_error"] is not None and not any(f.stage == "load" for f in findings):
         error = _rebuild_exception(probe["load_error"])
         findings.append(_finding(name, error, "load", type_name))
     elif probe["payload"] is not None:

@@ -357,3 +357,24 @@ def test_a_load_that_kills_the_worker_is_blamed_on_its_argument():
     assert "the worker died while loading it" in f.message
     # the probe pool was replaced and works again
     assert check_call(target, (Holder(2),), in_worker=True).ok
+
+
+def returns_unloadable_inside():
+    return {"ok": [1, 2], "err": TwoArgError(1, 2)}
+
+
+def test_a_result_that_does_not_load_back_is_narrowed():
+    [finding] = check_return_value(returns_unloadable_inside).findings
+    assert (
+        finding.argument,
+        finding.path,
+        finding.type,
+        finding.category,
+        finding.stage,
+    ) == (
+        "result",
+        "result['err']",
+        f"{__name__}.TwoArgError",
+        "unpickle_error",
+        "load",
+    )
