@@ -295,6 +295,10 @@ def _containers(children):
         ),
         children.map(lambda v: ("attr", v)),
         children.map(lambda v: ("point", v)),
+        # set items must be hashable: sets hold plain leaves only
+        st.lists(st.integers(), min_size=1, max_size=4, unique=True).map(
+            lambda v: ("set", [("leaf", i) for i in v])
+        ),
     )
 
 
@@ -326,6 +330,13 @@ def _build(shape, path, culprit_at, culprit, choice):
         return {k: sub(child, f"[{k!r}]") for k, child in value.items()}, found
     if kind == "attr":
         return Owner(sub(value, ".thing")), found
+    if kind == "set":
+        items = [sub(child, "") for child in value]
+        built = frozenset(items)
+        if found is not None:  # the culprit's step depends on the set's order
+            n = next(i for i, item in enumerate(built) if not isinstance(item, int))
+            found = f"{path}.<item {n}>"
+        return built, found
     return Point(0, sub(value, ".y")), found
 
 
@@ -333,7 +344,7 @@ def _count_leaves(shape):
     kind, value = shape
     if kind == "leaf":
         return 1
-    if kind in ("list", "tuple"):
+    if kind in ("list", "tuple", "set"):
         return sum(_count_leaves(c) for c in value)
     if kind == "dict":
         return sum(_count_leaves(c) for c in value.values())
