@@ -21,7 +21,6 @@ import numpy as np
 
 from loky_check import check_call
 
-
 # Any importable callable: a function of the benchmark script would live in
 # __main__, which is itself a finding (no loky worker can load it by name).
 work = max
@@ -45,8 +44,12 @@ def main(argv=None) -> int:
     rows = [{"id": i, "name": f"row{i}", "score": i * 0.5} for i in range(200_000)]
     call = (work, (array, rows), {"default": 2.0})
 
-    baseline = best_of(options.rounds, lambda: pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
-    fast = best_of(options.rounds, lambda: check_call(work, (array, rows), {"default": 2.0}))
+    baseline = best_of(
+        options.rounds, lambda: pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
+    )
+    fast = best_of(
+        options.rounds, lambda: check_call(work, (array, rows), {"default": 2.0})
+    )
 
     rows[-1]["lock"] = threading.Lock()
     report = check_call(work, (array, rows), {"default": 2.0})
@@ -55,11 +58,17 @@ def main(argv=None) -> int:
         pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
     except TypeError:
         pass
-    failing = best_of(options.rounds, lambda: check_call(work, (array, rows), {"default": 2.0}))
+    failing = best_of(
+        options.rounds, lambda: check_call(work, (array, rows), {"default": 2.0})
+    )
 
     print(f"pickle.dumps of the call      {baseline * 1e3:8.1f} ms")
-    print(f"check_call, picklable         {fast * 1e3:8.1f} ms   {fast / baseline:5.2f}x  (budget 1.2x)")
-    print(f"check_call, lock in last dict {failing * 1e3:8.1f} ms   {failing / baseline:5.2f}x  (budget 8x)")
+    print(
+        f"check_call, picklable         {fast * 1e3:8.1f} ms   {fast / baseline:5.2f}x  (budget 1.2x)"
+    )
+    print(
+        f"check_call, lock in last dict {failing * 1e3:8.1f} ms   {failing / baseline:5.2f}x  (budget 8x)"
+    )
     return 0
 
 
