@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import faulthandler
+import gc
 import logging
 import os
 import pickle
@@ -403,8 +404,12 @@ def test_broken_rows_from_a_done_callback(row):
         for key in ("first", "replacement"):
             if key in box:
                 box[key].shutdown(wait=True, kill_workers=True)
-        box.clear()  # the stored error references frames holding executors
+        box.clear()
         outer.shutdown(wait=True, kill_workers=True)
+        # The error raised in the callback references its frames, which
+        # reference the executors (a cycle through _flags.broken): collect it
+        # so that their semaphores are released now.
+        gc.collect()
 
 
 def test_reusable_executor_replaces_a_broken_one():
@@ -554,6 +559,9 @@ def test_manager_thread_crash_breaks_the_pool(caplog):
         assert executor._processes == {}
     finally:
         executor.shutdown(wait=True, kill_workers=True)
+        # The logged record's traceback holds the manager's frames.
+        caplog.clear()
+        gc.collect()
 
 
 def test_feeder_error_hook_crash_breaks_the_pool(caplog):
@@ -577,6 +585,8 @@ def test_feeder_error_hook_crash_breaks_the_pool(caplog):
             executor.submit(identity, 3)
     finally:
         executor.shutdown(wait=True, kill_workers=True)
+        caplog.clear()
+        gc.collect()
 
 
 def test_many_pickling_failures_never_exhaust_the_call_queue():
