@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import libcst as cst
+import libcst.helpers
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
 from libcst.metadata import MetadataWrapper, PositionProvider
@@ -351,7 +352,12 @@ class _SourceResult:
     missing: list[DefinitionSite]
 
 
-def add_wrap_decorators(source: str, sites: Sequence[DefinitionSite]) -> _SourceResult:
+def add_wrap_decorators(
+    source: str,
+    sites: Sequence[DefinitionSite],
+    *,
+    local_names: frozenset[str] = frozenset(),
+) -> _SourceResult:
     """Decorate the definitions ``sites`` name in ``source``; idempotent.
 
     A site matches a def/class by qualified name, disambiguated by line when
@@ -394,10 +400,97 @@ def add_wrap_decorators(source: str, sites: Sequence[DefinitionSite]) -> _Source
         return _SourceResult(source, [], already, missing)
     # The wrapper's module is the tree the metadata (and so `targets`) refers to.
     new_module = wrapper.module.visit(_Decorate(targets))
-    context = CodemodContext()
-    AddImportsVisitor.add_needed_import(context, "loky", DECORATOR)
-    new_module = AddImportsVisitor(context).transform_module(new_module)
+    new_module = _add_import(new_module, local_names)
     return _SourceResult(new_module.code, sorted(added), already, missing)
+
+
+def _imports_loky(statement: cst.CSTNode) -> bool:
+    if not isinstance(statement, cst.SimpleStatementLine):
+        return False
+    for small in statement.body:
+        if isinstance(small, cst.ImportFrom) and not small.relative:
+            if (
+                small.module is not None
+                and cst.helpers.get_full_name_for_node(small.module) == "loky"
+            ):
+                return True
+        if isinstance(small, cst.Import) and any(
+            cst.helpers.get_full_name_for_node(alias.name) == "loky"
+            for alias in small.names
+        ):
+            return True
+    return False
+
+
+def _is_local_import(statement: cst.CSTNode, local_names: frozenset[str]) -> bool:
+    """A relative import, or one of a module living next to the file (first party)."""
+    if not isinstance(statement, cst.SimpleStatementLine):
+        return False
+    for small in statement.body:
+        if isinstance(small, cst.ImportFrom):
+            if small.relative:
+                return True
+            name = (
+                cst.helpers.get_full_name_for_node(small.module) if small.module else ""
+            )
+            if name and name.split(".")[0] in local_names:
+                return True
+        if isinstance(small, cst.Import):
+            for alias in small.names:
+                name = cst.helpers.get_full_name_for_node(alias.name) or ""
+                if name.split(".")[0] in local_names:
+                    return True
+    return False
+
+
+def _add_import(module: cst.Module, local_names: frozenset[str]) -> cst.Module:
+    """Add ``from loky import wrap_non_picklable_objects`` where isort would.
+
+    Merged into an existing ``from loky import`` when there is one; else as its
+    own group just before the first-party imports (third-party code comes
+    before the project's own), else after the last import.
+    """
+    body = list(module.body)
+    has_loky = any(_imports_loky(statement) for statement in body)
+    first_local = next(
+        (
+            i
+            for i, statement in enumerate(body)
+            if _is_local_import(statement, local_names)
+        ),
+        None,
+    )
+    if has_loky or not first_local:
+        context = CodemodContext()
+        AddImportsVisitor.add_needed_import(context, "loky", DECORATOR)
+        return AddImportsVisitor(context).transform_module(module)
+    local = body[first_local]
+    new_import = cst.parse_statement(IMPORT_LINE + "\n").with_changes(
+        leading_lines=local.leading_lines
+    )
+    # The new group takes the blank line(s) that opened the first-party group,
+    # and the first-party import keeps its own: one blank line on each side.
+    body.insert(first_local, new_import)
+    return module.with_changes(body=body)
+
+
+def local_module_names(path: str) -> frozenset[str]:
+    """Top-level names importable from the folder ``path``'s code is run from:
+    the package root for a file in a package, else the file's own folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while os.path.exists(os.path.join(folder, "__init__.py")):
+        folder = os.path.dirname(folder)
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return frozenset()
+    names = set()
+    for entry in entries:
+        if entry.endswith(".py"):
+            names.add(entry[:-3])
+        elif os.path.exists(os.path.join(folder, entry, "__init__.py")):
+            names.add(entry)
+    return frozenset(names)
 
 
 def plan_fixes(findings: Iterable[Any]) -> FixPlan:
@@ -450,7 +543,9 @@ def plan_fixes(findings: Iterable[Any]) -> FixPlan:
                 f"cannot fix {_display_path(path)}: cannot read it ({exc})"
             ) from None
         try:
-            result = add_wrap_decorators(old, sites)
+            result = add_wrap_decorators(
+                old, sites, local_names=local_module_names(path)
+            )
         except cst.ParserSyntaxError as exc:
             raise FixError(
                 f"cannot fix {_display_path(path)}: it no longer parses "

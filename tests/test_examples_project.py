@@ -8,6 +8,7 @@ fixer must remove the two it can rewrite without touching the others.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -168,20 +169,25 @@ def test_fix_on_a_copy_removes_the_wrap_fixable_findings(shop_copy):
         "nightly.py",
         "shop/discounts.py",
     }
-    # Comments and formatting kept: the only changes are the added lines.
+    # Comments and formatting kept: the only changes are inserted lines, the
+    # import as its own group before the project's imports (as isort would).
     for name in ("nightly.py", "shop/discounts.py"):
         old_lines, new_lines = before[name].splitlines(), after[name].splitlines()
-        added = [line for line in new_lines if line not in old_lines]
-        assert sorted(added) == sorted(
+        matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
+        inserted = []
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            assert tag in ("equal", "insert"), (name, tag, old_lines[i1:i2])
+            if tag == "insert":
+                inserted.extend(new_lines[j1:j2])
+        assert sorted(inserted) == sorted(
             [
+                "",
                 "from loky import wrap_non_picklable_objects",
                 "    @wrap_non_picklable_objects",
             ]
         )
-        assert [
-            line for line in new_lines if line in added or line in old_lines
-        ] == new_lines
-        assert [line for line in new_lines if line not in added] == old_lines
+        import_at = new_lines.index("from loky import wrap_non_picklable_objects")
+        assert new_lines[import_at - 1] == new_lines[import_at + 1] == ""
 
     check = run_cli(*argv, "--json", cwd=shop_copy)
     assert check.returncode == 1

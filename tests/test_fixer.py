@@ -271,3 +271,24 @@ def test_file_mode_is_kept(jobs):
     apply_plan(plan_fixes([_finding(module.make_rule(1))]))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     assert DECORATOR in path.read_text()
+
+
+def test_import_joins_the_third_party_group_before_first_party_imports():
+    source = (
+        "import os\n\nimport numpy\n\nfrom shop.models import Order\nfrom .x import y\n\n\n"
+        "def outer():\n    def f():\n        pass\n    return f\n"
+    )
+    new = add_wrap_decorators(
+        source,
+        [DefinitionSite("x.py", "outer.<locals>.f", 10, "def")],
+        local_names=frozenset({"shop"}),
+    ).new
+    assert new.startswith(
+        f"import os\n\nimport numpy\n\n{IMPORT_LINE}\n\nfrom shop.models import Order\n"
+    )
+    # Without first-party imports it goes after the last import.
+    plain = add_wrap_decorators(
+        "import os\n\n\ndef outer():\n    def f():\n        pass\n    return f\n",
+        [DefinitionSite("x.py", "outer.<locals>.f", 5, "def")],
+    ).new
+    assert plain.startswith(f"import os\n{IMPORT_LINE}\n")
