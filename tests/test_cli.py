@@ -9,8 +9,10 @@ import pty
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from loky_check.report import FINDING_KEYS
@@ -144,14 +146,16 @@ def _env(extra: dict | None = None) -> dict:
     return {**base, **(extra or {})}
 
 
-def run_many(*argvs: list[str], cwd: Path, timeout: float = 90) -> list:
+def run_many(
+    *argvs: list[str], cwd: Path, timeout: float = 90, env: dict | None = None
+) -> list:
     """Run several ``python -m loky_check`` at once (they are independent, and
     most of their time is spent starting interpreters and workers)."""
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "loky_check", *argv],
             cwd=cwd,
-            env=_env(),
+            env=_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -332,6 +336,34 @@ def test_run_checks_return_values_in_a_worker(project):
     assert (finding["argument"], finding["category"]) == ("result", "generator")
     assert finding["type"] == "builtins.generator"
     assert fine.returncode == 0, fine.stdout + fine.stderr
+
+
+def _processes_marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("LOKY_CHECK_TEST_MARKER") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_no_worker_outlives_the_command(project):
+    # Workers inherit the environment: any process still carrying the marker
+    # after the commands exited is a worker they left behind.
+    marker = uuid.uuid4().hex
+    results = run_many(
+        ["app.work:numbers", "--examples", "2", "--run"],
+        ["--reducers", "app.money", "--examples", "5"],
+        cwd=project,
+        env={"LOKY_CHECK_TEST_MARKER": marker},
+    )
+    assert [r.returncode for r in results] == [1, 0], [r.stderr for r in results]
+    left = _processes_marked(marker)
+    for proc in left:
+        proc.kill()
+    assert left == []
 
 
 def test_reducers_with_and_without_target(project):
