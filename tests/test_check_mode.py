@@ -425,6 +425,9 @@ def test_unpicklable_exception_carries_the_diagnosis(mode, pickler):
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "the task's exception cannot be pickled back" in notes
     assert "exception.lock" in notes and "[sync_primitive]" in notes
+    with pytest.raises(Exception) as info:
+        list(executor.map(raise_locked, [1, 2]))
+    assert "exception.lock" in "\n".join(getattr(info.value, "__notes__", []))
 
 
 def test_off_mode_adds_no_notes():
