@@ -838,7 +838,7 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
     except Exception:
         fn = args = kwargs = None  # not a missing global: no argument to name
     if not missing:
-        return None
+        return _load_error_report(exc, taxonomy)
     arguments = []
     if fn is not None:
         split = _split_map_call(fn, tuple(args), dict(kwargs))
@@ -893,6 +893,47 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
     target = engine.describe_callable(fn) if fn is not None else "call"
     return Report(
         target=target, pickler=_reduction().get_loky_pickler_name(), findings=findings
+    )
+
+
+def _load_error_report(exc: BaseException, taxonomy) -> Report:
+    """Every global imports, yet loading fails: a reconstructor or
+    ``__setstate__`` raised. Its frame (the traceback's last) names it."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb is not None else None
+    where = getattr(code, "co_qualname", None) or getattr(code, "co_name", "")
+    owner, _, method = where.rpartition(".")
+    if "<" in where or "pickle" in getattr(code, "co_filename", ""):
+        owner, method = "", ""  # the unpickler itself, not user code
+    remedy = taxonomy.choose_remedy(
+        "unpickle_error", wrap_fixes=False, exc=exc, stage="load"
+    )
+    texts = taxonomy.texts(
+        "unpickle_error",
+        remedy,
+        path="call",
+        type_name=owner or "object",
+        exc=exc,
+        reducer_name=method,
+    )
+    finding = Finding(
+        severity="error",
+        stage="load",
+        argument="call",
+        parameter=None,
+        path="call",
+        type=owner or type(exc).__name__,
+        category="unpickle_error",
+        remedy=remedy,
+        message=texts.message,
+        fix=texts.fix,
+        carried_by={"pickle": False, "cloudpickle": False, "loky": False},
+        summary=f"{where} raised" if where and owner else type(exc).__name__,
+    )
+    return Report(
+        target="call", pickler=_reduction().get_loky_pickler_name(), findings=[finding]
     )
 
 

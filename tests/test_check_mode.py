@@ -653,3 +653,24 @@ def test_wrap_instance_of_a_local_class(pickler):
     assert future.result(timeout=60) == "Point"
     assert len(caught) == 1 and "wrapped holder (args[0])" in str(caught[0].message)
     assert caught[0].message.report.findings[0].category == "local_class"
+
+
+class RefusesToLoad:
+    """Pickles fine; its __setstate__ raises when a worker loads it."""
+
+    def __getstate__(self):
+        return {"v": 1}
+
+    def __setstate__(self, state):
+        raise ValueError("corrupt state")
+
+
+def test_task_whose_state_fails_to_load(pickler):
+    executor = executor_for("warn")
+    future, caught = recorded(executor.submit, identity, RefusesToLoad())
+    assert caught == []  # it pickles: nothing to say at submit time
+    with pytest.raises(ValueError, match="corrupt state") as info:
+        future.result(timeout=60)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "cannot be loaded in the worker" in notes and "[unpickle_error]" in notes
+    assert "RefusesToLoad.__setstate__" in notes and "fix:" in notes
