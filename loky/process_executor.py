@@ -50,6 +50,7 @@ from __future__ import annotations
 import faulthandler
 import gc
 import importlib.util
+import io
 import itertools
 import os
 import queue
@@ -72,7 +73,7 @@ from . import _base
 from .backend import get_context
 from .backend.context import cpu_count
 from .backend.queues import Queue, SimpleQueue
-from .backend.reduction import get_loky_pickler_name, set_loky_pickler
+from .backend.reduction import get_loky_pickler, get_loky_pickler_name, set_loky_pickler
 from .backend.utils import _format_exitcodes, kill_process_tree
 from .initializers import _prepare_initializer
 
@@ -331,6 +332,21 @@ class _CallItem:
         return f"CallItem({self.work_id}, {self.fn}, {self.args}, {self.kwargs})"
 
 
+def _call_item_work_id(obj):
+    """The work id if ``obj`` is a call item (either form), else None."""
+    if type(obj) is tuple and len(obj) == _CALL_TUPLE_LEN:
+        return obj[0]
+    if isinstance(obj, _CallItem):
+        return obj.work_id
+    return None
+
+
+# On the wire a call item is the plain tuple of _CallItem's constructor
+# arguments: it pickles without any class lookup (workers also accept a
+# _CallItem instance).
+_CALL_TUPLE_LEN = 7
+
+
 # ---------------------------------------------------------------------------
 # Thread wakeup, flags and the call queue
 # ---------------------------------------------------------------------------
@@ -425,7 +441,8 @@ class _SafeQueue(Queue):
         super().__init__(max_size, reducers=reducers, ctx=ctx)
 
     def _on_queue_feeder_error(self, e, obj):
-        if not isinstance(obj, _CallItem):
+        work_id = _call_item_work_id(obj)
+        if work_id is None:
             super()._on_queue_feeder_error(e, obj)
             return
         if isinstance(e, struct.error):
@@ -437,9 +454,9 @@ class _SafeQueue(Queue):
                 "Could not pickle the task to send it to the workers."
             )
         _with_cause(raised_error, e)
-        work_item = self.pending_work_items.pop(obj.work_id, None)
+        work_item = self.pending_work_items.pop(work_id, None)
         try:
-            self.running_work_items.remove(obj.work_id)
+            self.running_work_items.remove(work_id)
         except BaseException as hook_error:
             raised_error = _with_cause(
                 BrokenProcessPool(_FEEDER_CRASH_MESSAGE), hook_error
@@ -503,26 +520,76 @@ def _sendback_result(
     result_queue, work_id, result=None, exception=None, pickle_check=None
 ):
     """Put a result in the result queue; if it cannot be sent, send why instead."""
+    # On the wire a result is a plain (work_id, exception, result) tuple: it
+    # pickles without any class lookup (the manager also accepts _ResultItem).
     try:
-        result_queue.put(_ResultItem(work_id, result=result, exception=exception))
+        result_queue.put((work_id, exception, result))
     except BaseException as e:
         if pickle_check:
             _annotate_worker_failure(
                 e, exception if exception is not None else result, "result"
             )
         try:
-            result_queue.put(_ResultItem(work_id, exception=_ExceptionWithTraceback(e)))
+            result_queue.put((work_id, _ExceptionWithTraceback(e), None))
         except BaseException as e2:
             # Even the pickling error does not pickle (e.g. it holds the
             # object): send a plain stand-in rather than letting the worker die.
             stand_in = PicklingError(f"Could not pickle the result of the task: {e!r}")
             stand_in.__cause__ = None
             result_queue.put(
-                _ResultItem(
-                    work_id,
-                    exception=_RebuildableError(stand_in, _format_traceback(e2)),
-                )
+                (work_id, _RebuildableError(stand_in, _format_traceback(e2)), None)
             )
+
+
+class _ResultPipe:
+    """The worker's end of the result queue: ``put`` like ``SimpleQueue.put``
+    (pickle first, then write under the lock), but with one pickler reused
+    across results instead of a new one per result.
+
+    A result queue whose class overrides ``put`` is used through its ``put``.
+    """
+
+    def __init__(self, result_queue):
+        self._queue = result_queue
+        self._fast = type(result_queue).put is SimpleQueue.put
+        self._pickler_class = None
+        self._pickler = None
+        self._buffer = None
+
+    def put(self, obj):
+        if not self._fast:
+            self._queue.put(obj)
+            return
+        pickler_class = get_loky_pickler()
+        if pickler_class is not self._pickler_class:
+            # set_loky_pickler() changed it (each task carries the parent's).
+            self._buffer = io.BytesIO()
+            self._pickler = pickler_class(
+                self._buffer, reducers=self._queue._reducers, protocol=None
+            )
+            self._pickler_class = pickler_class
+        buffer = self._buffer
+        pickler = self._pickler
+        try:
+            # cloudpickle keeps per-dump state about functions' globals.
+            globals_ref = getattr(pickler, "globals_ref", None)
+            if globals_ref:
+                globals_ref.clear()
+            pickler.dump(obj)
+            view = buffer.getbuffer()
+            try:
+                queue = self._queue
+                if queue._wlock is None:
+                    queue._writer.send_bytes(view)
+                else:
+                    with queue._wlock:
+                        queue._writer.send_bytes(view)
+            finally:
+                view.release()
+        finally:
+            pickler.clear_memo()
+            buffer.seek(0)
+            buffer.truncate()
 
 
 class _RebuildableError(_ExceptionWithTraceback):
@@ -569,6 +636,7 @@ def _process_worker(
     _enable_faulthandler_if_needed()
 
     pid = os.getpid()
+    result_queue = _ResultPipe(result_queue)
     mp_util.debug(f"Worker started with timeout={timeout}")
     reference_memory = None
     last_memory_check = None
@@ -601,6 +669,8 @@ def _process_worker(
             _python_exit()
             return
 
+        if type(call_item) is tuple:
+            call_item = _CallItem(*call_item)
         try:
             result = call_item()
         except BaseException as e:
@@ -749,13 +819,14 @@ class _ExecutorManagerThread(threading.Thread):
             if work_item.future.set_running_or_notify_cancel():
                 self.running_work_items.append(work_id)
                 call_queue.put(
-                    _CallItem(
+                    (
                         work_id,
                         work_item.fn,
                         work_item.args,
                         work_item.kwargs,
-                        payload=work_item.payload,
-                        pickle_check=self.pickle_check,
+                        work_item.payload,
+                        self.pickle_check,
+                        get_loky_pickler_name(),
                     ),
                     block=True,
                 )
@@ -825,23 +896,32 @@ class _ExecutorManagerThread(threading.Thread):
         )
 
     def process_result_item(self, result_item):
-        if isinstance(result_item, int):
+        if type(result_item) is tuple:
+            work_id, exception, result = result_item
+        elif isinstance(result_item, int):
             self._process_worker_exit(result_item)
             return
-        work_item = self.pending_work_items.pop(result_item.work_id, None)
-        if work_item is not None:
+        else:  # a _ResultItem
+            work_id = result_item.work_id
             exception = result_item.exception
+            result = result_item.result
+        del result_item
+        work_item = self.pending_work_items.pop(work_id, None)
+        if work_item is not None:
             future = work_item.future
             del work_item
             try:
+                # Identity, not truth: falsey exceptions exist.
                 if exception is not None:
                     future.set_exception(exception)
                 else:
-                    future.set_result(result_item.result)
+                    future.set_result(result)
             except InvalidStateError:
                 pass
+            del future
+        del result, exception
         try:
-            self.running_work_items.remove(result_item.work_id)
+            self.running_work_items.remove(work_id)
         except ValueError:
             pass
 
@@ -1316,10 +1396,18 @@ class ProcessPoolExecutor(Executor):
         chunksize = kwargs.get("chunksize", 1)
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        chunks = _get_chunks(chunksize, *iterables)
+        checker = self._pickle_checker
+        if checker is not None:
+            # Optional checker hook: under pickle_check="error" every chunk is
+            # checked before any is queued (its payloads are kept for submit).
+            check_map = getattr(checker, "check_map", None)
+            if check_map is not None:
+                chunks = check_map(fn, chunks)
         results = super().map(
             _process_chunk,
             itertools.repeat(fn),
-            _get_chunks(chunksize, *iterables),
+            chunks,
             timeout=timeout,
         )
         return _chain_from_iterable_of_lists(results)

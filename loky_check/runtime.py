@@ -40,7 +40,7 @@ import sys
 import threading
 import types
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from .report import Finding, Report
@@ -418,6 +418,15 @@ def _top_level_keys(obj: Any, is_call: bool) -> tuple:
     return tuple(_culprit_key(v) for v in values)
 
 
+def _chunk_call(real_fn: Any, chunk: Any) -> tuple:
+    """The ``check_submit`` arguments for one chunk of ``map()``."""
+    module = sys.modules.get("loky.process_executor")
+    process_chunk = getattr(module, "_process_chunk", None)
+    if process_chunk is None:  # pragma: no cover - map() imported it
+        from loky.process_executor import _process_chunk as process_chunk
+    return process_chunk, (real_fn, chunk), {}
+
+
 def _join_map_call(fn: Any, args: tuple, real_fn: Any, chunk: Any) -> tuple[Any, tuple]:
     if isinstance(fn, functools.partial):
         return functools.partial(fn.func, real_fn), (chunk,)
@@ -474,6 +483,8 @@ class SubmitChecker:
         # wrap mode: culprit keys wrapped so far, and at which call sites
         self._wrap_keys: frozenset = frozenset()
         self._wrapped_at: set[tuple] = set()
+        # error mode: map() chunks checked up front, by id, until submitted
+        self._prechecked: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -511,12 +522,55 @@ class SubmitChecker:
         """Check one call before it is queued; see the class docstring."""
         if self.mode == "off":
             return fn, args, kwargs, None
+        if self._prechecked:
+            done = self._take_prechecked(fn, args, kwargs)
+            if done is not None:
+                return done
         if self._wrap_keys:
             fn, args, kwargs = self._prewrap(fn, args, kwargs)
         payload, signature = self._dump((fn, args, kwargs))
         if not signature:
             return fn, args, kwargs, payload
         return self._check_slow(fn, args, kwargs, payload, signature)
+
+    def _take_prechecked(self, fn, args, kwargs) -> tuple | None:
+        split = _split_map_call(fn, args, kwargs)
+        if split is None:
+            return None
+        entry = self._prechecked.pop(id(split[1]), None)
+        if entry is None or entry[0] is not split[1]:
+            return None
+        return entry[1]
+
+    def check_map(self, fn: Callable, chunks: Iterable) -> Iterable:
+        """Under "error", check every chunk of a ``map()`` before any is queued.
+
+        Returns the chunks to submit. Each chunk's verdict (and payload) is
+        kept for the ``check_submit`` that follows, so nothing is pickled
+        twice; a failing chunk raises here, before the first one reaches a
+        worker. Other modes check chunk by chunk as they are submitted.
+        """
+        if self.mode != "error":
+            return chunks
+        checked = []
+        try:
+            for chunk in chunks:
+                call = _chunk_call(fn, chunk)
+                self._prechecked[id(chunk)] = (chunk, self.check_submit(*call))
+                checked.append(chunk)
+        except BaseException:
+            for chunk in checked:
+                self._prechecked.pop(id(chunk), None)
+            raise
+        return self._release_unused(checked)
+
+    def _release_unused(self, chunks: list):
+        try:
+            yield from chunks
+        finally:
+            # map() stopped early (the executor shut down): drop the payloads.
+            for chunk in chunks:
+                self._prechecked.pop(id(chunk), None)
 
     def _prewrap(self, fn, args, kwargs) -> tuple:
         """Under "wrap", wrap culprits already wrapped (and warned about) at this

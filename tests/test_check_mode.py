@@ -674,3 +674,20 @@ def test_task_whose_state_fails_to_load(pickler):
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "cannot be loaded in the worker" in notes and "[unpickle_error]" in notes
     assert "RefusesToLoad.__setstate__" in notes and "fix:" in notes
+
+
+def test_error_map_queues_nothing_when_a_later_item_fails(pickler):
+    executor = executor_for("error")
+    queued_before = executor._queue_count
+    items = [CountedPayload(b"a"), CountedPayload(b"b"), threading.Lock()]
+    with pytest.raises(PicklingCheckError):
+        executor.map(payload_size, items)
+    # no chunk was queued before the failing one was found
+    assert executor._queue_count == queued_before
+    assert not executor._pickle_checker._prechecked
+    # a clean map: each chunk pickled exactly once, checked up front
+    CountedPayload.reductions = 0
+    sizes = executor.map(payload_size, [CountedPayload(b"abc"), CountedPayload(b"de")])
+    assert list(sizes) == [3, 2]
+    assert CountedPayload.reductions == 2
+    assert not executor._pickle_checker._prechecked
