@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 import weakref
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -520,11 +521,24 @@ def test_check_max_depth_messages(monkeypatch):
         pe._check_max_depth(multiprocessing.get_context("fork"))
 
 
-def test_nested_executor_beyond_max_depth_fails_in_the_worker():
-    executor = ProcessPoolExecutor(max_workers=1, env={"LOKY_MAX_DEPTH": "1"})
+def nested_chain(levels):
+    """Depths seen along a chain of ``levels`` executors nested in workers."""
+    if levels == 0:
+        return [pe._CURRENT_DEPTH]
+    executor = loky.get_reusable_executor(max_workers=1)
+    return [pe._CURRENT_DEPTH, *executor.submit(nested_chain, levels - 1).result()]
+
+
+def test_chain_of_max_depth_executors_works_one_more_fails():
+    # Workers (and their children) read LOKY_MAX_DEPTH=2 at import.
+    executor = ProcessPoolExecutor(max_workers=1, env={"LOKY_MAX_DEPTH": "2"})
     try:
-        with pytest.raises(pe.LokyRecursionError, match="MAX_DEPTH=1"):
-            executor.submit(make_nested_executor).result(timeout=60)
+        # 2 nested executors: this one and one inside its worker
+        assert executor.submit(nested_chain, 1).result(timeout=60) == [1, 2]
+        with pytest.raises(pe.LokyRecursionError) as info:
+            executor.submit(nested_chain, 2).result(timeout=60)
+        assert "MAX_DEPTH=2." in str(info.value)
+        assert executor.submit(make_nested_executor).result(timeout=60) == 9
     finally:
         executor.shutdown(wait=True)
 
@@ -639,5 +653,29 @@ def test_shutdown_from_a_done_callback_does_not_deadlock():
         executor.submit(square, 2).add_done_callback(shutdown_in_callback)
         assert done.wait(60)
         assert executor._flags.shutdown
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_worker_stopping_while_work_waits_is_replaced_with_the_exact_warning():
+    executor = ProcessPoolExecutor(max_workers=1)
+    try:
+        assert executor.submit(square, 1).result(timeout=60) == 1
+        old_pids = set(executor._processes)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # The worker reads this sentinel first and leaves through the
+            # exit handshake while a task is waiting for it.
+            executor._call_queue.put(None)
+            assert executor.submit(square, 2).result(timeout=60) == 4
+        messages = [str(w.message) for w in caught if w.category is UserWarning]
+        assert messages == [
+            "A worker stopped while some jobs were given to the executor. This can "
+            "be caused by a too short worker timeout or by a memory leak triggered "
+            "by the OS-level out-of-memory (OOM) process killer."
+        ]
+        assert executor._flags.broken is None
+        assert len(executor._processes) == 1
+        assert not set(executor._processes) & old_pids
     finally:
         executor.shutdown(wait=True)

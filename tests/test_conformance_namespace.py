@@ -418,3 +418,111 @@ def test_remote_traceback_and_rebuild():
     assert exc is wrapped.exc
     assert isinstance(exc.__cause__, pe._RemoteTraceback)
     assert "raise KeyError" in exc.__cause__.tb
+
+
+# Parameter names (and order) that callers pass positionally or by keyword.
+SIGNATURES = [
+    (
+        "loky.process_executor:ProcessPoolExecutor",
+        "max_workers job_reducers result_reducers timeout context initializer "
+        "initargs env",
+    ),
+    ("loky.process_executor:ProcessPoolExecutor.shutdown", "self wait kill_workers"),
+    ("loky.process_executor:ProcessPoolExecutor.submit", "self fn *args **kwargs"),
+    ("loky.process_executor:ProcessPoolExecutor.map", "self fn *iterables **kwargs"),
+    (
+        "loky.process_executor:_process_worker",
+        "call_queue result_queue initializer initargs processes_management_lock "
+        "timeout worker_exit_lock current_depth",
+    ),
+    (
+        "loky.process_executor:_SafeQueue",
+        "max_size ctx pending_work_items running_work_items thread_wakeup "
+        "shutdown_lock executor_flags reducers",
+    ),
+    ("loky.process_executor:_WorkItem", "future fn args kwargs"),
+    ("loky.process_executor:_ResultItem", "work_id exception result"),
+    ("loky.process_executor:_CallItem", "work_id fn args kwargs"),
+    ("loky.process_executor:_ExecutorFlags", "shutdown_lock"),
+    ("loky.process_executor:_ExecutorFlags.flag_as_shutting_down", "self kill_workers"),
+    ("loky.process_executor:_ExecutorFlags.flag_as_broken", "self"),
+    ("loky.process_executor:_ExceptionWithTraceback", "exc"),
+    ("loky.process_executor:_rebuild_exc", "exc tb"),
+    ("loky.process_executor:_RemoteTraceback", "tb"),
+    ("loky.process_executor:_process_chunk", "fn chunk"),
+    ("loky.process_executor:_sendback_result", "result_queue work_id result exception"),
+    ("loky.process_executor:_check_max_depth", "context"),
+    ("loky.process_executor:_get_memory_usage", "pid force_gc"),
+    ("loky.process_executor:_ExecutorManagerThread", "executor"),
+    (
+        "loky.reusable_executor:get_reusable_executor",
+        "max_workers context timeout kill_workers reuse job_reducers "
+        "result_reducers initializer initargs env",
+    ),
+    (
+        "loky.reusable_executor:_ReusablePoolExecutor",
+        "max_workers context timeout executor_id job_reducers result_reducers "
+        "initializer initargs env",
+    ),
+    (
+        "loky.reusable_executor:_ReusablePoolExecutor.get_reusable_executor",
+        "max_workers context timeout kill_workers reuse job_reducers "
+        "result_reducers initializer initargs env",
+    ),
+    ("loky.reusable_executor:_ReusablePoolExecutor._resize", "self max_workers"),
+    ("loky.backend.context:cpu_count", "only_physical_cores"),
+    ("loky.backend.context:get_context", "method"),
+    ("loky.backend.context:set_start_method", "method force"),
+    ("loky.backend:get_context", "method"),
+    (
+        "loky.backend.process:LokyProcess",
+        "group target name args kwargs daemon init_main_module env",
+    ),
+    (
+        "loky.backend.process:LokyInitMainProcess",
+        "group target name args kwargs daemon",
+    ),
+    ("loky.backend.spawn:get_preparation_data", "name init_main_module"),
+    ("loky.backend.spawn:prepare", "data parent_sentinel"),
+    ("loky.backend.fork_exec:fork_exec", "cmd keep_fds env"),
+    ("loky.backend.queues:Queue", "maxsize reducers ctx"),
+    ("loky.backend.queues:SimpleQueue", "reducers ctx"),
+    ("loky.backend.reduction:dump", "obj file reducers protocol"),
+    ("loky.backend.reduction:dumps", "obj reducers protocol"),
+    ("loky.backend.reduction:set_loky_pickler", "loky_pickler"),
+    ("loky.backend.utils:kill_process_tree", "process use_psutil"),
+    ("loky.backend.utils:recursive_terminate", "process use_psutil"),
+    ("loky.backend.utils:get_exitcodes_terminated_worker", "processes"),
+    ("loky.backend.resource_tracker:main", "fd verbose"),
+    ("loky.backend.resource_tracker:spawnv_passfds", "path args passfds"),
+    ("loky.cloudpickle_wrapper:CloudpickledObjectWrapper", "obj keep_wrapper"),
+    ("loky.cloudpickle_wrapper:wrap_non_picklable_objects", "obj keep_wrapper"),
+    ("loky.cloudpickle_wrapper:_wrap_non_picklable_objects", "obj keep_wrapper"),
+    ("loky.initializers:_prepare_initializer", "initializer initargs"),
+]
+
+
+def _signature_names(sig):
+    names = []
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            names.append("*" + p.name)
+        elif p.kind is p.VAR_KEYWORD:
+            names.append("**" + p.name)
+        elif p.kind is not p.KEYWORD_ONLY:
+            names.append(p.name)
+    return names
+
+
+@pytest.mark.parametrize("target, params", SIGNATURES, ids=[t for t, _ in SIGNATURES])
+def test_signature_prefix(target, params):
+    import inspect
+
+    module_name, _, qualname = target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    expected = params.split()
+    actual = _signature_names(inspect.signature(obj))
+    # Extra trailing parameters (e.g. pickle_check) are allowed.
+    assert actual[: len(expected)] == expected, actual
