@@ -49,6 +49,7 @@ that change as a unified diff on stdout and writes nothing.
 exit status: 0 no error-level finding (--strict: no warning either),
 1 findings (or a failing reducer; with --fix, findings it did not fix),
 2 usage error, target not importable, factory raised, file not fixable.
+--exit-zero turns 1 into 0 (to read the report without failing a script).
 """
 
 
@@ -135,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the JSON report (loky-check/1)"
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    parser.add_argument(
+        "--exit-zero",
+        action="store_true",
+        help="exit 0 even when there are findings (usage errors still exit 2)",
+    )
     return parser
 
 
@@ -315,6 +321,13 @@ def _describe_checked(
 
 def _run(argv: Sequence[str] | None) -> int:
     options = build_parser().parse_args(argv)
+    status = _check_and_report(options)
+    if options.exit_zero and status == EXIT_FINDINGS:
+        return EXIT_OK
+    return status
+
+
+def _check_and_report(options: argparse.Namespace) -> int:
     _validate(options)
     targets.ensure_cwd_on_path()
     out = sys.stdout

@@ -247,7 +247,9 @@ def test_args_from_checks_every_call(project):
 
 def test_warning_passes_but_fails_with_strict(project):
     argv = ["app.work:apply", "--args-from", "app.calls:rules"]
-    result, strict = run_many(argv, [*argv, "--strict"], cwd=project)
+    result, strict, exit_zero = run_many(
+        argv, [*argv, "--strict"], [*argv, "--strict", "--exit-zero"], cwd=project
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "1 warning" in out.splitlines()[0]
@@ -256,6 +258,9 @@ def test_warning_passes_but_fails_with_strict(project):
     assert out.splitlines()[-1].endswith("(warnings do not fail without --strict)")
     assert strict.returncode == 1
     assert strict.stdout.splitlines()[-1].startswith("FAIL: 0 errors, 1 warning")
+    # --exit-zero: the same report, but findings do not fail the command
+    assert exit_zero.returncode == 0, exit_zero.stderr
+    assert exit_zero.stdout == strict.stdout
 
 
 def test_script_target_is_main_module(project):
