@@ -156,13 +156,14 @@ def main() -> None:
         cases.append(("__main__ function", main_add))
     for label, fn in cases:
         best = throughput(fn, options.tasks, options.rounds, options.workers)
-        off_cpu = best["off"][2]
+        off_rate, _, off_cpu = best["off"]
         print(f"{options.tasks} tiny tasks, {label}:")
         for mode in MODES:
             rate, ratio, cpu = best[mode]
             print(
-                f"  {mode:<5} {rate:8.0f} tasks/s  median ratio to off {ratio:.3f}   "
-                f"parent CPU {cpu:5.1f} us/task  ratio {cpu / off_cpu:.3f}"
+                f"  {mode:<5} best {rate:6.0f} tasks/s (ratio {rate / off_rate:.3f}), "
+                f"median per-round ratio {ratio:.3f}, "
+                f"parent CPU {cpu:5.1f} us/task (ratio {cpu / off_cpu:.3f})"
             )
 
     cost = pickling_cost(options.rounds)
