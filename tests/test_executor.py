@@ -20,6 +20,7 @@ import pytest
 import loky
 from loky import ProcessPoolExecutor
 from loky import process_executor as pe
+from loky.backend.queues import SimpleQueue
 from loky.backend.reduction import dumps
 from loky.process_executor import (
     ShutdownExecutorError,
@@ -580,3 +581,23 @@ def test_hook_is_not_called_when_off(monkeypatch):
         env=env,
     )
     assert proc.stdout == "ok\n", proc.stderr
+
+
+class CountingSimpleQueue(SimpleQueue):
+    """A result queue whose own put() must be honoured by the workers."""
+
+    def put(self, obj):
+        if type(obj) is tuple:
+            work_id, exception, result = obj
+            obj = (work_id, exception, ("via subclass", result))
+        super().put(obj)
+
+
+def test_result_queue_replaced_before_the_first_submit():
+    executor = ProcessPoolExecutor(max_workers=1)
+    try:
+        executor._result_queue.close()
+        executor._result_queue = CountingSimpleQueue(ctx=executor._context)
+        assert executor.submit(square, 3).result(timeout=60) == ("via subclass", 9)
+    finally:
+        executor.shutdown(wait=True)
