@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import types
@@ -325,8 +326,18 @@ def test_fidelity_found_in_a_real_worker(position):
     assert ".x: 0.123 != 0.1" in f.message
 
 
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    value: float
+
+
 def test_faithful_reducers_and_by_value_functions_are_not_fidelity_findings():
-    args = ({"f": Faithful(0.123), "n": float("nan"), "s": {1, 2}}, [Holder(1)])
+    # a dataclass holding NaN is != to its copy, yet nothing was lost
+    nan_measure = Measure(float("nan"))
+    args = (
+        {"f": Faithful(0.123), "n": float("nan"), "s": {1, 2}},
+        [Holder(1), nan_measure],
+    )
     assert check_call(target, args, in_worker=True).findings == []
     report = check_call(target, (lambda x: x,), pickler="cloudpickle", in_worker=True)
     assert report.findings == []
