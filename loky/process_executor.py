@@ -511,6 +511,41 @@ def _wait_for_exit(pid, timeout):
         os.close(fd)
 
 
+def _move_work_to_call_queue(call_queue, work_ids, pending, running, pickle_check):
+    """Move queued work items, oldest first, to the call queue while it has room.
+
+    Called by the manager thread and by submit() (which so saves a thread
+    hop when a worker is free), always under the executor's call-item lock,
+    so ids leave in order and nothing else fills the queue meanwhile: the
+    put never blocks.
+    """
+    get_work_id = work_ids.get_nowait
+    while not call_queue.full():
+        try:
+            work_id = get_work_id()
+        except queue.Empty:
+            return
+        work_item = pending.get(work_id)
+        if work_item is None:
+            continue
+        if work_item.future.set_running_or_notify_cancel():
+            running.append(work_id)
+            call_queue.put(
+                (
+                    work_id,
+                    work_item.fn,
+                    work_item.args,
+                    work_item.kwargs,
+                    work_item.payload,
+                    pickle_check,
+                    get_loky_pickler_name(),
+                ),
+                block=True,
+            )
+        else:
+            del pending[work_id]
+
+
 def _process_chunk(fn, chunk):
     """Run ``fn`` on a chunk of argument tuples (one task per chunk in map)."""
     return [fn(*args) for args in chunk]
@@ -748,6 +783,7 @@ class _ExecutorManagerThread(threading.Thread):
         self.pending_work_items = executor._pending_work_items
         self.running_work_items = executor._running_work_items
         self.processes_management_lock = executor._processes_management_lock
+        self.call_item_lock = executor._call_item_lock
         mode = executor._pickle_check
         self.pickle_check = None if mode == "off" else mode
         self.recycling_warned = False
@@ -805,33 +841,14 @@ class _ExecutorManagerThread(threading.Thread):
 
     def add_call_item_to_queue(self):
         """Move pending work to the call queue while it has room (never blocks)."""
-        call_queue = self.call_queue
-        pending = self.pending_work_items
-        get_work_id = self.work_ids_queue.get_nowait
-        while not call_queue.full():
-            try:
-                work_id = get_work_id()
-            except queue.Empty:
-                return
-            work_item = pending.get(work_id)
-            if work_item is None:
-                continue
-            if work_item.future.set_running_or_notify_cancel():
-                self.running_work_items.append(work_id)
-                call_queue.put(
-                    (
-                        work_id,
-                        work_item.fn,
-                        work_item.args,
-                        work_item.kwargs,
-                        work_item.payload,
-                        self.pickle_check,
-                        get_loky_pickler_name(),
-                    ),
-                    block=True,
-                )
-            else:
-                del pending[work_id]
+        with self.call_item_lock:
+            _move_work_to_call_queue(
+                self.call_queue,
+                self.work_ids_queue,
+                self.pending_work_items,
+                self.running_work_items,
+                self.pickle_check,
+            )
 
     def _read_result(self):
         try:
@@ -1254,6 +1271,8 @@ class ProcessPoolExecutor(Executor):
         self._queue_count = 0
         self._processes_management_lock = self._context.Lock()
         self._shutdown_lock = threading.Lock()
+        # Held by whoever moves work to the call queue (manager or submit).
+        self._call_item_lock = threading.RLock()
         self._executor_manager_thread = None
         self._executor_manager_thread_wakeup = _ThreadWakeup()
         self._flags = _ExecutorFlags(self._shutdown_lock)
@@ -1381,6 +1400,16 @@ class ProcessPoolExecutor(Executor):
                 or len(self._processes) != self._max_workers
             ):
                 self._ensure_executor_running()
+            # Hand the work to a free worker now rather than through the
+            # manager thread (one thread hop less on the way to the worker).
+            with self._call_item_lock:
+                _move_work_to_call_queue(
+                    self._call_queue,
+                    self._work_ids,
+                    self._pending_work_items,
+                    self._running_work_items,
+                    None if self._pickle_check == "off" else self._pickle_check,
+                )
             self._executor_manager_thread_wakeup.wakeup()
             return future
 

@@ -252,8 +252,9 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                 # Workers that left on their idle timeout are not in the dict.
                 n_alive = sum(p.is_alive() for p in list(self._processes.values()))
                 self._max_workers = max_workers
-                for _ in range(max_workers, n_alive):
-                    self._call_queue.put(None)
+                with self._call_item_lock:  # the call queue's other putters
+                    for _ in range(max_workers, n_alive):
+                        self._call_queue.put(None)
             # The manager removes each worker once it has handshaked its exit.
             while len(self._processes) > max_workers and self._flags.broken is None:
                 _sleep_briefly()
