@@ -100,18 +100,19 @@ def pickling_cost(rounds: int, number: int = 20_000) -> dict[str, float]:
     """
     import timeit
 
-    from loky.backend.reduction import dumps
-    from loky.process_executor import _CallItem
+    from loky.backend.reduction import dumps, get_loky_pickler_name
     from loky_check.runtime import SubmitChecker
 
     checker = SubmitChecker("warn")
+    name = get_loky_pickler_name()
 
+    # What the executor's feeder pickles per task: the call item's fields.
     def off():
-        dumps(_CallItem(0, operator.add, (1, 1), {}))
+        dumps((0, operator.add, (1, 1), {}, None, None, name))
 
     def checked():
         fn, args, kwargs, payload = checker.check_submit(operator.add, (1, 1), {})
-        dumps(_CallItem(0, None, None, None, payload, "warn"))
+        dumps((0, None, None, None, payload, "warn", name))
 
     def best(stmt) -> float:
         times = timeit.repeat(
