@@ -62,6 +62,7 @@ import traceback
 import warnings
 import weakref
 from concurrent.futures import Executor
+from concurrent.futures._base import CANCELLED as _CANCELLED
 from concurrent.futures._base import LOGGER, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool as _StdlibBrokenProcessPool
 from multiprocessing import util as mp_util
@@ -806,6 +807,24 @@ def _process_worker(
 # ---------------------------------------------------------------------------
 
 
+def _notify_cancelled(future):
+    """Mark a cancelled future as notified, as the manager does when it meets
+    one in the queue: ``wait()``/``as_completed()`` only count it as done then,
+    and work dropped without reaching the queue would leave them hanging."""
+    with future._condition:
+        if future._state == _CANCELLED:
+            future.set_running_or_notify_cancel()
+
+
+def _fail_unless_cancelled(future, exc):
+    """``future.set_exception(exc)``; a cancelled future is notified instead
+    (checking first would race with ``cancel()``)."""
+    try:
+        future.set_exception(exc)
+    except InvalidStateError:
+        _notify_cancelled(future)
+
+
 class _ExecutorManagerThread(threading.Thread):
     """Feeds the call queue, collects results, detects dead workers."""
 
@@ -1048,10 +1067,7 @@ class _ExecutorManagerThread(threading.Thread):
                 _, work_item = pending.popitem()
             except KeyError:
                 break
-            try:
-                work_item.future.set_exception(bpe)
-            except InvalidStateError:
-                pass  # cancelled meanwhile
+            _fail_unless_cancelled(work_item.future, bpe)
             del work_item
         self.kill_workers(reason="broken executor")
         self.join_executor_internals(broken=True)
@@ -1073,12 +1089,9 @@ class _ExecutorManagerThread(threading.Thread):
                 _, work_item = pending.popitem()
             except KeyError:
                 break
-            try:
-                work_item.future.set_exception(
-                    ShutdownExecutorError(_SHUTDOWN_KILL_MESSAGE)
-                )
-            except InvalidStateError:
-                pass
+            _fail_unless_cancelled(
+                work_item.future, ShutdownExecutorError(_SHUTDOWN_KILL_MESSAGE)
+            )
             del work_item
         self.kill_workers(reason="executor shutting down")
 
@@ -1524,6 +1537,7 @@ class ProcessPoolExecutor(Executor):
             work_item = self._pending_work_items.pop(work_id, None)
             if work_item is not None:
                 work_item.future.cancel()
+                _notify_cancelled(work_item.future)
 
     def _close_unused_queues(self):
         if self._call_queue is not None:
