@@ -10,13 +10,14 @@ import os
 import pickle
 import queue
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import warnings
 import weakref
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, as_completed, wait
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 
 import pytest
@@ -679,3 +680,74 @@ def test_worker_stopping_while_work_waits_is_replaced_with_the_exact_warning():
         assert not set(executor._processes) & old_pids
     finally:
         executor.shutdown(wait=True)
+
+
+# ------------------------------------- cancelled futures when work is dropped
+_BLOCKER = None
+
+
+def _store_blocker(semaphore):
+    global _BLOCKER
+    _BLOCKER = semaphore
+
+
+def block_on_semaphore(_=None):
+    # A semaphore, not an Event: a killed waiter cannot hang a later notify.
+    _BLOCKER.acquire()
+    return "released"
+
+
+def _busy_executor_with_cancelled_futures():
+    blocker = get_context().Semaphore(0)
+    executor = ProcessPoolExecutor(
+        max_workers=1, initializer=_store_blocker, initargs=(blocker,)
+    )
+    futures = [executor.submit(block_on_semaphore) for _ in range(12)]
+    # 1 running + 3 in the call queue at most: the last ones are still pending.
+    cancelled = [f for f in futures[-4:] if f.cancel()]
+    assert len(cancelled) == 4
+    return executor, futures, cancelled
+
+
+def test_broken_pool_notifies_cancelled_futures():
+    executor, futures, cancelled = _busy_executor_with_cancelled_futures()
+    try:
+        os.kill(next(iter(executor._processes)), signal.SIGKILL)
+        done, not_done = wait(futures, timeout=60)
+        assert not not_done  # wait() must not hang on a cancelled future
+        assert len(list(as_completed(futures, timeout=60))) == len(futures)
+        for future in futures:
+            if future in cancelled:
+                assert future.cancelled()
+            else:
+                assert isinstance(future.exception(), pe.TerminatedWorkerError)
+        assert executor._pending_work_items == {}
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_kill_workers_shutdown_notifies_cancelled_futures():
+    executor, futures, cancelled = _busy_executor_with_cancelled_futures()
+    executor.shutdown(wait=True, kill_workers=True)
+    done, not_done = wait(futures, timeout=60)
+    assert not not_done
+    for future in futures:
+        if future not in cancelled:
+            assert isinstance(future.exception(), pe.ShutdownExecutorError)
+
+
+def test_shutdown_cancel_futures_notifies_the_cancelled_ones():
+    blocker = get_context().Semaphore(0)
+    executor = ProcessPoolExecutor(
+        max_workers=1, initializer=_store_blocker, initargs=(blocker,)
+    )
+    futures = [executor.submit(block_on_semaphore) for _ in range(12)]
+    try:
+        executor.shutdown(wait=False, cancel_futures=True)
+        assert futures[-1].cancelled()
+    finally:
+        for _ in futures:
+            blocker.release()
+    done, not_done = wait(futures, timeout=60)
+    assert not not_done
+    assert futures[0].result() == "released"
