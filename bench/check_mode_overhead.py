@@ -3,7 +3,8 @@
 1. Throughput of 10,000 tiny tasks (``operator.add``) under ``off``, ``warn``,
    ``error`` and ``wrap``: the median over rounds of each mode's ratio to the
    ``off`` run of the same round (modes rotated each round, so that a noisy
-   machine hurts every mode alike), plus the parent's CPU per task. A second line uses a
+   machine hurts every mode alike), plus the parent's CPU per task. One pool
+   serves all modes, only its submit hook is swapped. A second line uses a
    function of this script's ``__main__``: loky carries it by value, so the check
    warns once and then serves the cached verdict.
 2. A 64 MiB argument: how many times its ``__reduce__`` runs per ``submit`` (must
@@ -60,25 +61,34 @@ def run_tasks(executor, fn, n_tasks: int) -> tuple[float, float]:
 
 def throughput(fn, n_tasks: int, rounds: int, workers: int) -> dict[str, tuple]:
     """Per mode: (best tasks/s, median of the per-round ratios to "off", best
-    parent CPU per task). Each round runs every mode, in a rotated order, so
-    that a ratio compares runs made moments apart."""
+    parent CPU per task).
+
+    One pool serves every mode: only its submit hook is swapped (the checker
+    the executor would build for that mode, or none for "off"), so the modes
+    share workers, manager thread and queues and differ in the hook alone.
+    Each round runs every mode, in a rotated order.
+    """
+    from loky_check.runtime import SubmitChecker
+
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
-    executors = {m: loky.ProcessPoolExecutor(workers, pickle_check=m) for m in MODES}
+    checkers = {m: None if m == "off" else SubmitChecker(m) for m in MODES}
+    executor = loky.ProcessPoolExecutor(workers, pickle_check="warn")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the __main__ function warns once
-            for executor in executors.values():
-                run_tasks(executor, fn, 200)  # start the workers, fill the caches
+            for mode in MODES:  # start the workers, fill the caches
+                executor._pickle_checker = checkers[mode]
+                run_tasks(executor, fn, 200)
             for round_ in range(rounds):
                 order = MODES[round_ % len(MODES) :] + MODES[: round_ % len(MODES)]
                 for mode in order:
-                    rate, cpu = run_tasks(executors[mode], fn, n_tasks)
+                    executor._pickle_checker = checkers[mode]
+                    rate, cpu = run_tasks(executor, fn, n_tasks)
                     rates[mode].append(rate)
                     cpus[mode].append(cpu)
     finally:
-        for executor in executors.values():
-            executor.shutdown(wait=True)
+        executor.shutdown(wait=True)
     return {
         mode: (
             max(rates[mode]),
