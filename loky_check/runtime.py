@@ -148,10 +148,11 @@ class _RecordingDumper:
     def __init__(self, job_reducers: dict | None) -> None:
         self.job_reducers = dict(job_reducers or {})
         self._classes: dict[type, tuple[type, bool]] = {}
-        # (key, reducers): the job reducers plus a noting wrapper around each
-        # non-standard reducer of loky's table, passed as the pickler's
-        # per-instance ``reducers`` (so no table is rebuilt per call).
-        self._reducers: tuple[tuple, dict] | None = None
+        # (key, recording class, reducers, records_by_value): the reducers are
+        # the job reducers plus a noting wrapper around each non-standard
+        # reducer of loky's table, passed as the pickler's per-instance
+        # ``reducers`` (so no table is rebuilt per call).
+        self._current: tuple | None = None
 
     def _recording_class(self, base: type) -> tuple[type, bool]:
         entry = self._classes.get(base)
@@ -174,16 +175,19 @@ class _RecordingDumper:
             entry = self._classes[base] = (cls, base_override is not None)
         return entry
 
-    def _recording_reducers(self, reduction, cls: type) -> dict:
+    def _setup(self, base: type) -> tuple:
+        """``(key, recording class, reducers, records_by_value)`` for ``base``."""
+        reduction = _reduction()
         key = (
-            cls,
+            base,
             getattr(reduction, "_dispatch_table_version", None),
             len(reduction._dispatch_table),
             len(copyreg.dispatch_table),
         )
-        cached = self._reducers
+        cached = self._current
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached
+        cls, records_by_value = self._recording_class(base)
         # What an instance's table holds once loky merged the base, copyreg
         # and register()-ed reducers.
         table = _table_of(cls(io.BytesIO()))
@@ -195,21 +199,27 @@ class _RecordingDumper:
             and copyreg.dispatch_table.get(type_) is not reduce
         }
         reducers.update(self.job_reducers)
-        self._reducers = (key, reducers)
-        return reducers
+        self._current = (key, cls, reducers, records_by_value)
+        return self._current
 
     def dump(self, obj: Any) -> tuple[bytes, list, bool]:
         """``(payload, noted objects, whether by-value objects were noted too)``."""
-        reduction = _reduction()
-        cls, records_by_value = self._recording_class(reduction.get_loky_pickler())
-        reducers = self._recording_reducers(reduction, cls)
-        state = _recording
-        cached = state.pickler
+        current = self._current
+        base = _reduction().get_loky_pickler()
+        if (
+            current is None
+            or current[0][0] is not base
+            or current[0][1] != getattr(_reduction(), "_dispatch_table_version", None)
+        ):
+            current = self._setup(base)
+        _, cls, reducers, records_by_value = current
+        state = _recording.__dict__  # one thread-local lookup, then plain dict ops
+        cached = state.get("pickler")
         if cached is not None and cached[0] is cls and cached[1] is reducers:
             # Reuse this thread's pickler: building one costs more than a
             # tiny call's pickling (``dump`` starts from an empty output).
             _, _, pickler, buf = cached
-            state.pickler = None  # busy: a nested dump builds its own
+            state["pickler"] = None  # busy: a nested dump builds its own
             buf.seek(0)
             buf.truncate()
         else:
@@ -217,18 +227,19 @@ class _RecordingDumper:
             # protocol=None: exactly what the executor's feeder would write.
             pickler = cls(buf, reducers=reducers, protocol=None)
         noted: list = []
-        previous, state.noted = state.noted, noted
+        previous = state.get("noted")
+        state["noted"] = noted
         try:
             pickler.dump(obj)
         finally:
-            state.noted = previous
+            state["noted"] = previous
             # The memo holds every pickled object: do not keep them alive.
             pickler.clear_memo()
         payload = buf.getvalue()
         if len(payload) <= _REUSE_LIMIT:
-            if hasattr(pickler, "globals_ref"):
+            if records_by_value:
                 pickler.globals_ref = {}  # cloudpickle's per-pickling state
-            state.pickler = (cls, reducers, pickler, buf)
+            state["pickler"] = (cls, reducers, pickler, buf)
         return payload, noted, records_by_value
 
 
