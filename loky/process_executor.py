@@ -54,6 +54,7 @@ import io
 import itertools
 import os
 import queue
+import select
 import struct
 import sys
 import threading
@@ -505,8 +506,6 @@ def _wait_for_exit(pid, timeout):
     except OSError:
         return
     try:
-        import select
-
         select.select([fd], [], [], timeout)
     finally:
         os.close(fd)
@@ -645,7 +644,6 @@ def _make_call_item_getter(call_queue, timeout):
     made once. A queue class with its own ``get`` is used through it.
     """
     import multiprocessing.queues
-    import select
 
     def get_untimed():
         return call_queue.get(block=True, timeout=timeout)
@@ -807,6 +805,33 @@ def _process_worker(
 # ---------------------------------------------------------------------------
 
 
+class _ReadyWaiter:
+    """``multiprocessing.connection.wait(objects)`` (no timeout) for a set of
+    objects that rarely changes: one ``select.poll`` object, rebuilt only when
+    the file descriptors change, instead of a new selector per call."""
+
+    def __init__(self):
+        self._poll = getattr(select, "poll", None)
+        self._fds = None
+        self._poller = None
+
+    def wait(self, objects):
+        if self._poll is None:  # e.g. Windows
+            return _mp_wait(objects)
+        fds = tuple(obj if isinstance(obj, int) else obj.fileno() for obj in objects)
+        if fds != self._fds:
+            # Registration is by fd number, so an equal tuple of numbers is
+            # watched correctly whatever objects now hold them.
+            poller = self._poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            self._poller, self._fds = poller, fds
+        objects_by_fd = dict(zip(fds, objects, strict=True))
+        # POLLHUP/POLLERR count as ready, like multiprocessing's wait().
+        events = self._poller.poll()
+        return [objects_by_fd[fd] for fd, _ in events if fd in objects_by_fd]
+
+
 def _notify_cancelled(future):
     """Mark a cancelled future as notified, as the manager does when it meets
     one in the queue: ``wait()``/``as_completed()`` only count it as done then,
@@ -853,6 +878,7 @@ class _ExecutorManagerThread(threading.Thread):
         mode = executor._pickle_check
         self.pickle_check = None if mode == "off" else mode
         self.recycling_warned = False
+        self._waiter = _ReadyWaiter()
         super().__init__(name="ExecutorManagerThread")
 
     def run(self):
@@ -935,7 +961,7 @@ class _ExecutorManagerThread(threading.Thread):
         processes = list(self.processes.values())
         readers = [result_reader, wakeup_reader]
         readers.extend(p.sentinel for p in processes)
-        ready = _mp_wait(readers)
+        ready = self._waiter.wait(readers)
 
         result_item = None
         is_broken = False
@@ -1012,6 +1038,11 @@ class _ExecutorManagerThread(threading.Thread):
         """A worker left on purpose (sentinel, idle timeout, memory recycle)."""
         with self.processes_management_lock:
             p = self.processes.pop(pid, None)
+        # Judged before the worker may exit: work submitted once it is gone
+        # respawns it from submit() and is no reason to warn.
+        n_pending = len(self.pending_work_items)
+        n_running = len(self.running_work_items)
+        work_was_waiting = n_pending - n_running > 0 or n_running > len(self.processes)
         if p is not None:
             try:
                 p._worker_exit_lock.release()
@@ -1020,9 +1051,7 @@ class _ExecutorManagerThread(threading.Thread):
             p.join()
             del p
 
-        n_pending = len(self.pending_work_items)
-        n_running = len(self.running_work_items)
-        if n_pending - n_running <= 0 and n_running <= len(self.processes):
+        if not work_was_waiting:
             return
         executor = self.executor_reference()
         if executor is None or self.executor_flags.shutdown:
