@@ -1,48 +1,52 @@
-"""A robust process pool executor: workers may crash, leak, time out or be
+r"""A robust process pool executor: workers may crash, leak, time out or be
 killed, and the caller always gets an exception instead of a hang.
 
 Data flow (one executor)::
 
-  caller threads            |   manager thread ("ExecutorManagerThread")  |  worker processes
-  ------------------------- | ------------------------------------------- | -----------------
-  submit(fn, *args)         |                                             |
-   |-[pickle-check hook]    |                                             |
-   |-_pending_work_items    |                                             |
-   |   {id: _WorkItem} -----+--> add_call_item_to_queue():               |
-   |-_work_ids.put(id) -----+--> pops ids while the call queue has room,  |
-   |-wakeup.wakeup() -------+--> sets futures RUNNING, records           |
-   |  (one byte, skipped    |    _running_work_items, puts _CallItem ---+--> _call_queue
-   |   if one is pending)   |                                             |   (bounded loky Queue;
-   |                        |                                             |    its feeder thread
-   |                        |                                             |    pickles with the
-   |                        |                                             |    job reducers)
-   |                        |                                             |     |
-   |                        |                                             |  _process_worker:
-   |                        |                                             |   get -> call ->
-   |                        |  wait([result reader, wakeup] + sentinels)  |   _sendback_result
-   |                        |  results first: recv every ready item <----+--- _result_queue
-   |                        |  process_result_item():                     |   (loky SimpleQueue,
-   |  future.result() <-----+--  pop _WorkItem, set_result/exception      |    pickled in the
-   |                        |    (done-callbacks run here)                |    worker, synchronous)
-   |                        |  int pid: a worker left on purpose          |
-   |                        |  (idle timeout, sentinel, memory recycle)   |
-   |                        |  a sentinel without a pid: a worker died    |
-   |                        |    -> terminate_broken(TerminatedWorkerError)|
+  caller threads              |  manager thread ("ExecutorManagerThread")  |  worker processes
+  --------------------------- | ------------------------------------------ | ------------------
+  submit(fn, *args)           |                                            |
+   |-[pickle-check hook]      |                                            |
+   |-_pending_work_items      |                                            |
+   |   {id: _WorkItem}        |                                            |
+   |-_work_ids.put(id)        |                                            |
+   |-_move_work_to_call_queue + add_call_item_to_queue() (same function,   |
+   |   under _call_item_lock  |   same lock): oldest ids first, while the  |
+   |   (room for it: the item |   call queue has room; future -> RUNNING,  |
+   |   goes straight out)     |   id -> _running_work_items                |
+   |         \                |          /                                 |
+   |          +---------------+---------+-> _call_queue (bounded loky Queue)|
+   |                          |             its feeder thread pickles the  |
+   |                          |             call tuple with the job        |
+   |                          |             reducers and writes the pipe --+--> _process_worker:
+   |-wakeup.wakeup() ---------+--> (one byte, skipped if one is pending)   |    get -> call ->
+   |                          |                                            |    _sendback_result
+   |                          |  poll([result reader, wakeup] + sentinels) |        |
+   |                          |  results first, every ready one <---------+--- _result_queue
+   |                          |  process_result_item():                    |   (loky SimpleQueue,
+   |  future.result() <-------+--  pop _WorkItem, set_result/exception     |    pickled in the
+   |                          |    (done-callbacks run here)               |    worker, synchronous)
+   |                          |  int pid: a worker left on purpose         |
+   |                          |    (idle timeout, sentinel, memory guard)  |
+   |                          |  a sentinel without a pid: a worker died   |
+   |                          |    -> terminate_broken(TerminatedWorkerError)
 
-Ownership: ``_pending_work_items`` and ``_work_ids`` are written by submit()
-and consumed by the manager; ``_running_work_items`` and the queues are
-touched by the manager (and the feeder's error hook); ``_processes`` is
-changed only under the cross-process ``_processes_management_lock`` (idle
-workers test it before leaving). ``_flags`` is shared by the executor, the
-manager and the feeder hook so the executor's state outlives the executor
-object, which the manager only references weakly.
+Threads: the caller's (submit), the manager (one per executor, non-daemon),
+the call queue's feeder (daemon, started by the first put). Ownership:
+``_pending_work_items`` and ``_work_ids`` are filled by submit() and emptied
+by the manager; moving work to the call queue happens under
+``_call_item_lock`` (submit or manager); ``_processes`` changes only under the
+cross-process ``_processes_management_lock`` (idle workers test it before
+leaving). ``_flags`` is shared by the executor, the manager and the feeder's
+error hook, so the executor's state outlives the executor object, which the
+manager only references weakly.
 
-A task's life: submit stores a _WorkItem and wakes the manager; the manager
-turns it into a _CallItem on the call queue; the feeder thread pickles it and
-writes it to the pipe; a worker unpickles and runs it and pickles the
-_ResultItem itself straight into the result pipe (so what a worker reported
-is in the pipe before it can die); the manager reads it, resolves the future
-and forgets the task.
+A task's life: submit stores a _WorkItem and, when a worker slot is free,
+puts its call tuple on the call queue itself (else the manager does it when a
+result frees a slot); the feeder pickles it into the pipe; a worker runs it
+and pickles the (work_id, exception, result) tuple straight into the result
+pipe (so what a worker reported is in the pipe before it can die); the
+manager reads it, resolves the future and forgets the task.
 """
 
 from __future__ import annotations
