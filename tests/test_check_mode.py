@@ -691,3 +691,11 @@ def test_error_map_queues_nothing_when_a_later_item_fails(pickler):
     assert list(sizes) == [3, 2]
     assert CountedPayload.reductions == 2
     assert not executor._pickle_checker._prechecked
+
+
+def test_error_map_on_a_shut_down_executor_keeps_no_payloads():
+    executor = loky.ProcessPoolExecutor(1, pickle_check="error")
+    executor.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        executor.map(add, [1, 2, 3], [4, 5, 6])
+    assert executor._pickle_checker._prechecked == {}
