@@ -307,7 +307,7 @@ def test_map_timeout_cancels_the_rest():
     try:
         executor.submit(square, 1).result(timeout=60)  # worker started
         results = executor.map(
-            sleep_then_return, [0, 60, 60, 60], [0, 1, 2, 3], timeout=5
+            sleep_then_return, [0, 60, 60, 60], [0, 1, 2, 3], timeout=2
         )
         assert next(results) == 0
         with pytest.raises(FuturesTimeoutError):
