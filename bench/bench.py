@@ -17,6 +17,7 @@ once per round under --stdlib-python (default: the first impl's interpreter).
 PYTHON may carry arguments (it is split like a shell word list).
 --only takes workload names, WORKLOAD@BACKEND names, or the groups `loky`, `stdlib`.
 """
+
 import argparse
 import datetime
 import json
@@ -60,8 +61,11 @@ def fmt(v):
 
 
 def machine_info():
-    info = {"nproc": os.cpu_count(), "platform": platform.platform(),
-            "python_driver": platform.python_version()}
+    info = {
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python_driver": platform.python_version(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -112,10 +116,21 @@ def run_one(python_cmd, workload, timeout, cwd, drain_s=10.0):
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         try:
-            p = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
-                                 text=True, cwd=cwd, start_new_session=True)
+            p = subprocess.Popen(
+                cmd,
+                stdout=fo,
+                stderr=fe,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd=cwd,
+                start_new_session=True,
+            )
         except OSError as e:
-            return {"ok": False, "error": f"cannot start {cmd[0]!r}: {e}", "elapsed_s": 0.0}
+            return {
+                "ok": False,
+                "error": f"cannot start {cmd[0]!r}: {e}",
+                "elapsed_s": 0.0,
+            }
         try:
             rc = p.wait(timeout=timeout)
             timed_out = False
@@ -154,7 +169,8 @@ def run_one(python_cmd, workload, timeout, cwd, drain_s=10.0):
         res["leftover_processes_killed"] = True
         if res.get("ok"):
             res.setdefault("warnings", []).append(
-                f"processes still alive {drain_s:g}s after exit were killed")
+                f"processes still alive {drain_s:g}s after exit were killed"
+            )
     res["elapsed_s"] = elapsed
     return res
 
@@ -173,8 +189,12 @@ def parse_impls(specs):
 
 def select(only, no_stdlib):
     loky_names = list(W.LOKY_WORKLOADS)
-    stdlib_names = [f"{w}@{b}" for w in W.STDLIB_SHARED for b in W.STDLIB_BACKENDS
-                    if f"{w}@{b}" not in W.STDLIB_SKIP]
+    stdlib_names = [
+        f"{w}@{b}"
+        for w in W.STDLIB_SHARED
+        for b in W.STDLIB_BACKENDS
+        if f"{w}@{b}" not in W.STDLIB_SKIP
+    ]
     if not only:
         chosen = loky_names + ([] if no_stdlib else stdlib_names)
     else:
@@ -190,8 +210,10 @@ def select(only, no_stdlib):
             elif item in loky_names or item in stdlib_names:
                 chosen.append(item)
             else:
-                raise SystemExit(f"unknown workload {item!r}; known: "
-                                 + ", ".join(loky_names + stdlib_names + ["loky", "stdlib"]))
+                raise SystemExit(
+                    f"unknown workload {item!r}; known: "
+                    + ", ".join(loky_names + stdlib_names + ["loky", "stdlib"])
+                )
         if no_stdlib:
             chosen = [c for c in chosen if "@" not in c]
     seen = set()
@@ -228,8 +250,12 @@ def summarize(runs):
         for label, metrics in labels.items():
             for m, vs in metrics.items():
                 out.setdefault(g, {}).setdefault(label, {})[m] = {
-                    "median": statistics.median(vs), "min": min(vs), "max": max(vs),
-                    "n": len(vs), "samples": vs}
+                    "median": statistics.median(vs),
+                    "min": min(vs),
+                    "max": max(vs),
+                    "n": len(vs),
+                    "samples": vs,
+                }
     return out
 
 
@@ -264,7 +290,9 @@ def ratio(stat, base):
 
 def loky_table(summary, groups, impl_names):
     base = impl_names[0]
-    head = ["workload", "metric", "", *impl_names] + [f"{n}/{base}" for n in impl_names[1:]]
+    head = ["workload", "metric", "", *impl_names] + [
+        f"{n}/{base}" for n in impl_names[1:]
+    ]
     rows = [head, ["---"] * len(head)]
     for g, entries in groups:
         if not any(label in impl_names for label, _, _ in entries):
@@ -287,8 +315,9 @@ def stdlib_table(summary, groups, impl_names):
     if not std_groups:
         return []
     present = {label for _, e in std_groups for label, _, _ in e}
-    labels = [n for n in impl_names if n in present] + \
-             [b for b in W.STDLIB_BACKENDS if b in present]
+    labels = [n for n in impl_names if n in present] + [
+        b for b in W.STDLIB_BACKENDS if b in present
+    ]
     head = ["workload", "metric", "", *labels]
     rows = [head, ["---"] * len(head)]
     for g, entries in std_groups:
@@ -316,27 +345,49 @@ def render(rows):
         if r[0] == "---":
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         else:
-            lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+            lines.append(
+                "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+            )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ main
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--impl", action="append", default=[], metavar="NAME=PYTHON",
-                    help="implementation to measure (repeatable; the first is the ratio base)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    ap.add_argument(
+        "--impl",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="implementation to measure (repeatable; the first is the ratio base)",
+    )
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=0, help="untimed rounds first (default 0)")
+    ap.add_argument(
+        "--warmup", type=int, default=0, help="untimed rounds first (default 0)"
+    )
     ap.add_argument("--only", default="", help="comma-separated workloads / groups")
-    ap.add_argument("--no-stdlib", action="store_true", help="skip the stdlib baselines")
-    ap.add_argument("--stdlib-python", default=os.environ.get("BENCH_STDLIB_PYTHON"),
-                    help="interpreter for the stdlib baselines (default: first impl's)")
-    ap.add_argument("--timeout", type=float, default=180,
-                    help="seconds per workload run; a run that times out is not retried "
-                         "in later rounds (default 180)")
-    ap.add_argument("--out", help="JSON results file (default: results/bench-<time>.json here)")
+    ap.add_argument(
+        "--no-stdlib", action="store_true", help="skip the stdlib baselines"
+    )
+    ap.add_argument(
+        "--stdlib-python",
+        default=os.environ.get("BENCH_STDLIB_PYTHON"),
+        help="interpreter for the stdlib baselines (default: first impl's)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=180,
+        help="seconds per workload run; a run that times out is not retried "
+        "in later rounds (default 180)",
+    )
+    ap.add_argument(
+        "--out", help="JSON results file (default: results/bench-<time>.json here)"
+    )
     ap.add_argument("--md", help="also write a markdown report to this file")
     ap.add_argument("--list", action="store_true", help="list workloads and exit")
     args = ap.parse_args(argv)
@@ -344,7 +395,9 @@ def main(argv=None):
     if args.list:
         print("\n".join(select("", False)))
         return 0
-    specs = args.impl or [s for s in os.environ.get("BENCH_IMPLS", "").split(",") if s.strip()]
+    specs = args.impl or [
+        s for s in os.environ.get("BENCH_IMPLS", "").split(",") if s.strip()
+    ]
     if not specs:
         ap.error("give at least one --impl NAME=PYTHON (or BENCH_IMPLS)")
     impls = parse_impls(specs)
@@ -357,32 +410,51 @@ def main(argv=None):
 
     started = datetime.datetime.now().astimezone()
     t_start = time.perf_counter()
-    cwd = tempfile.mkdtemp(prefix="bench_cwd_")  # neutral cwd: no ./loky can shadow anything
+    cwd = tempfile.mkdtemp(
+        prefix="bench_cwd_"
+    )  # neutral cwd: no ./loky can shadow anything
     result = {
         "date": started.isoformat(timespec="seconds"),
         "command": shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "machine": machine_info(),
         "loadavg_start": loadavg(),
-        "rounds": args.rounds, "warmup": args.warmup,
-        "impls": {}, "stdlib_python": stdlib_py,
-        "workloads": chosen, "runs": [],
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "impls": {},
+        "stdlib_python": stdlib_py,
+        "workloads": chosen,
+        "runs": [],
     }
 
     # who is who: each interpreter must import its own loky
-    for name, py in impls + ([("_stdlib", stdlib_py)] if any("@" in c for c in chosen) else []):
+    for name, py in impls + (
+        [("_stdlib", stdlib_py)] if any("@" in c for c in chosen) else []
+    ):
         info = run_one(py, "info", 120, cwd)
-        result["impls"][name] = {"python": py, "info": info.get("extra"), "ok": info.get("ok"),
-                                 "error": info.get("error")}
+        result["impls"][name] = {
+            "python": py,
+            "info": info.get("extra"),
+            "ok": info.get("ok"),
+            "error": info.get("error"),
+        }
         ex = info.get("extra") or {}
-        print(f"# {name}: {' '.join(py)} -> Python {ex.get('python')}, "
-              f"loky {ex.get('loky_version')} from {ex.get('loky_file')}", file=sys.stderr)
+        print(
+            f"# {name}: {' '.join(py)} -> Python {ex.get('python')}, "
+            f"loky {ex.get('loky_version')} from {ex.get('loky_file')}",
+            file=sys.stderr,
+        )
         if not info.get("ok"):
             print(f"#   info failed: {info.get('error')}", file=sys.stderr)
-    files = [(n, (result["impls"][n]["info"] or {}).get("loky_file")) for n in impl_names]
+    files = [
+        (n, (result["impls"][n]["info"] or {}).get("loky_file")) for n in impl_names
+    ]
     for i, (n1, f1) in enumerate(files):
-        for n2, f2 in files[i + 1:]:
+        for n2, f2 in files[i + 1 :]:
             if f1 and f1 == f2:
-                print(f"# WARNING: {n1} and {n2} import the same loky ({f1})", file=sys.stderr)
+                print(
+                    f"# WARNING: {n1} and {n2} import the same loky ({f1})",
+                    file=sys.stderr,
+                )
 
     total_runs = (args.rounds + args.warmup) * sum(len(e) for _, e in groups)
     done = 0
@@ -390,7 +462,9 @@ def main(argv=None):
     for rnd in range(-args.warmup, args.rounds):
         for g, entries in groups:
             k = rnd % len(entries)
-            for label, py, wl in entries[k:] + entries[:k]:  # rotate: alternate who goes first
+            for label, py, wl in (
+                entries[k:] + entries[:k]
+            ):  # rotate: alternate who goes first
                 if (label, wl) in timed_out:
                     done += 1
                     continue
@@ -405,8 +479,12 @@ def main(argv=None):
                 status = "ok" if res.get("ok") else f"FAILED: {res.get('error')}"
                 if res.get("warnings"):
                     status += f" (warnings: {'; '.join(res['warnings'])})"
-                print(f"[{done}/{total_runs}] {tag} {wl:<32} {label:<14} "
-                      f"{res['elapsed_s']:6.1f}s {status}", file=sys.stderr, flush=True)
+                print(
+                    f"[{done}/{total_runs}] {tag} {wl:<32} {label:<14} "
+                    f"{res['elapsed_s']:6.1f}s {status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     try:
         os.rmdir(cwd)
     except OSError:
@@ -422,24 +500,39 @@ def main(argv=None):
     result["summary"] = summary
     result["loadavg_end"] = loadavg()
     result["elapsed_s"] = time.perf_counter() - t_start
-    errors = [f"{r['workload']} [{r['label']}] round {r['round'] + 1}: {r.get('error')}"
-              for r in result["runs"] if not r.get("ok")]
-    warns = sorted({f"{r['workload']} [{r['label']}]: {w}"
-                    for r in result["runs"] for w in r.get("warnings") or []})
+    errors = [
+        f"{r['workload']} [{r['label']}] round {r['round'] + 1}: {r.get('error')}"
+        for r in result["runs"]
+        if not r.get("ok")
+    ]
+    warns = sorted(
+        {
+            f"{r['workload']} [{r['label']}]: {w}"
+            for r in result["runs"]
+            for w in r.get("warnings") or []
+        }
+    )
     result["errors"], result["warnings"] = errors, warns
 
     t1 = render(loky_table(summary, groups, impl_names))
     t2 = render(stdlib_table(summary, groups, impl_names))
-    legend = (f"Medians over {args.rounds} round(s); ±x% = half of (max-min) over rounds, "
-              f"relative to the median. ↑ higher is better, ↓ lower is better. "
-              f"Ratios = value / value of `{impl_names[0]}` (for ↓ metrics > 1 means slower, "
-              f"for ↑ metrics < 1 means slower).")
+    legend = (
+        f"Medians over {args.rounds} round(s); ±x% = half of (max-min) over rounds, "
+        f"relative to the median. ↑ higher is better, ↓ lower is better. "
+        f"Ratios = value / value of `{impl_names[0]}` (for ↓ metrics > 1 means slower, "
+        f"for ↑ metrics < 1 means slower)."
+    )
     parts = []
     if t1:
         parts += ["## loky workloads", "", t1, ""]
     if t2:
-        parts += [f"## loky vs stdlib (stdlib under `{' '.join(stdlib_py)}`; "
-                  f"mp_pool uses the fork start method where available)", "", t2, ""]
+        parts += [
+            f"## loky vs stdlib (stdlib under `{' '.join(stdlib_py)}`; "
+            f"mp_pool uses the fork start method where available)",
+            "",
+            t2,
+            "",
+        ]
     parts += [legend, ""]
     if errors:
         parts += ["Errors:", *[f"- {e}" for e in errors], ""]
@@ -448,8 +541,9 @@ def main(argv=None):
     text = "\n".join(parts)
     print(text)
 
-    out = args.out or os.path.join(HERE, "results",
-                                   f"bench-{started.strftime('%Y%m%d-%H%M%S')}.json")
+    out = args.out or os.path.join(
+        HERE, "results", f"bench-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
@@ -470,12 +564,16 @@ def main(argv=None):
         for name, d in result["impls"].items():
             i = d.get("info") or {}
             if name == "_stdlib":
-                hdr.append(f"- stdlib baselines: Python {i.get('python')} "
-                           f"(`{' '.join(d['python'])}`)")
+                hdr.append(
+                    f"- stdlib baselines: Python {i.get('python')} "
+                    f"(`{' '.join(d['python'])}`)"
+                )
                 continue
-            hdr.append(f"- `{name}`: Python {i.get('python')}, loky {i.get('loky_version')}, "
-                       f"cloudpickle {i.get('cloudpickle')}, numpy {i.get('numpy')}, "
-                       f"psutil {i.get('psutil')}")
+            hdr.append(
+                f"- `{name}`: Python {i.get('python')}, loky {i.get('loky_version')}, "
+                f"cloudpickle {i.get('cloudpickle')}, numpy {i.get('numpy')}, "
+                f"psutil {i.get('psutil')}"
+            )
         with open(args.md, "w") as f:
             f.write("\n".join(hdr) + "\n\n" + text)
         print(f"# markdown: {args.md}", file=sys.stderr)

@@ -16,29 +16,30 @@ in ``serialization`` only, ``cloudpickle`` as one of the compared picklers).
 Heavy imports are done inside the workloads, so that worker processes that import
 this file (to unpickle its functions by reference) stay cheap.
 """
+
 import os
 import sys
 import time
 
 # ---------------------------------------------------------------- sizes
 MAX_WORKERS = 2
-N_LATENCY = 500            # reuse_latency: one-at-a-time round trips (per block)
-LATENCY_BLOCKS = 3         # reuse_latency: blocks of N_LATENCY, medians over blocks
-N_GET = 200                # reuse_latency: repeated get_reusable_executor calls
-N_SUBMIT = 20_000          # throughput_submit
+N_LATENCY = 500  # reuse_latency: one-at-a-time round trips (per block)
+LATENCY_BLOCKS = 3  # reuse_latency: blocks of N_LATENCY, medians over blocks
+N_GET = 200  # reuse_latency: repeated get_reusable_executor calls
+N_SUBMIT = 20_000  # throughput_submit
 N_MAP_BIG_CHUNK = 200_000  # throughput_map, chunksize=1000
-N_MAP_CHUNK1 = 10_000      # throughput_map, chunksize=1
-MAP_REPEATS = 7            # throughput_map chunksize=1000: maps (median)
-PAYLOAD_MB = 64            # big_payload (MiB)
+N_MAP_CHUNK1 = 10_000  # throughput_map, chunksize=1
+MAP_REPEATS = 7  # throughput_map chunksize=1000: maps (median)
+PAYLOAD_MB = 64  # big_payload (MiB)
 PAYLOAD_REPEATS = 5
-N_WRAPPED = 20_000         # cloudpickle_wrapped, chunksize 100
-WRAPPED_REPEATS = 9        # cloudpickle_wrapped: maps per case (median)
-COLD_START_SAMPLES = 5     # fresh interpreters per cold_start run
+N_WRAPPED = 20_000  # cloudpickle_wrapped, chunksize 100
+WRAPPED_REPEATS = 9  # cloudpickle_wrapped: maps per case (median)
+COLD_START_SAMPLES = 5  # fresh interpreters per cold_start run
 CRASH_REPEATS = 5
 RESIZE_REPEATS = 5
-RESULT_TIMEOUT = 60        # seconds; a hung pool fails the run instead of hanging it
+RESULT_TIMEOUT = 60  # seconds; a hung pool fails the run instead of hanging it
 
-_MAIN_FACTOR = 3           # global read by main_fn (pickled by value from __main__)
+_MAIN_FACTOR = 3  # global read by main_fn (pickled by value from __main__)
 
 
 # ------------------------------------------- task functions (run in workers)
@@ -254,10 +255,17 @@ def w_cold_start(backend):
     cwd = tempfile.mkdtemp(prefix="bench_cold_")
     for _ in range(COLD_START_SAMPLES):
         t0 = _now()
-        p = subprocess.run([sys.executable, "-c", _COLD_CODE], capture_output=True,
-                           text=True, timeout=RESULT_TIMEOUT, cwd=cwd)
+        p = subprocess.run(
+            [sys.executable, "-c", _COLD_CODE],
+            capture_output=True,
+            text=True,
+            timeout=RESULT_TIMEOUT,
+            cwd=cwd,
+        )
         wall.append(_now() - t0)
-        assert p.returncode == 0, f"cold_start child failed rc={p.returncode}: {p.stderr[-2000:]}"
+        assert p.returncode == 0, (
+            f"cold_start child failed rc={p.returncode}: {p.stderr[-2000:]}"
+        )
         d = json.loads(p.stdout.strip().splitlines()[-1])
         imp.append(d["import_s"])
         first.append(d["first_result_s"])
@@ -361,14 +369,18 @@ def w_big_payload(backend):
     raw = arr.tobytes()
     assert len(raw) == PAYLOAD_MB * 2**20
     b.submit(lib.identity, arr[:1024]).result(timeout=RESULT_TIMEOUT)  # small warm-up
-    for label, payload, same in (("ndarray", arr, np.array_equal),
-                                 ("bytes", raw, lambda a, c: a == c)):
+    for label, payload, same in (
+        ("ndarray", arr, np.array_equal),
+        ("bytes", raw, lambda a, c: a == c),
+    ):
         ts = []
         for _ in range(PAYLOAD_REPEATS):
             t0 = _now()
             out = b.submit(lib.identity, payload).result(timeout=RESULT_TIMEOUT)
             ts.append(_now() - t0)
-            assert type(out) is type(payload) and same(out, payload), f"{label} corrupted"
+            assert type(out) is type(payload) and same(out, payload), (
+                f"{label} corrupted"
+            )
             del out
         r.m(f"{label}_MBps", PAYLOAD_MB / _median(ts))
         r.extra[f"{label}_roundtrip_s"] = ts
@@ -393,10 +405,15 @@ def w_cloudpickle_wrapped(backend):
 
     main_mod = sys.modules["__main__"]
     fmain = getattr(main_mod, "main_fn", None)
-    assert fmain is not None and fmain.__module__ == "__main__", \
+    assert fmain is not None and fmain.__module__ == "__main__", (
         "workloads.py must be run as a script for the __main__ case"
+    )
     cases = [
-        ("wrapped_lambda", wrap_non_picklable_objects(lambda x: 2 * x + 1), lambda x: 2 * x + 1),
+        (
+            "wrapped_lambda",
+            wrap_non_picklable_objects(lambda x: 2 * x + 1),
+            lambda x: 2 * x + 1,
+        ),
         ("raw_lambda", lambda x: 2 * x + 1, lambda x: 2 * x + 1),
         ("closure", closure, lambda x: x + 7),
         ("main_func", fmain, lambda x: x * 3 + 3),
@@ -442,6 +459,7 @@ def w_serialization(backend):
     import pickle
 
     import numpy as np
+
     from loky.backend import reduction
 
     lib = _importable()
@@ -462,10 +480,18 @@ def w_serialization(backend):
         r.warnings.append("cloudpickle not importable: no cloudpickle metrics")
     objs = {
         "dict10k": ({i: str(i) for i in range(10_000)}, lambda a, c: a == c),
-        "dataclass1k": ([Point(i, i * 0.5, f"p{i}") for i in range(1000)], lambda a, c: a == c),
-        "ndarray10MB": (np.arange(10 * 2**20 // 8, dtype=np.float64),
-                        lambda a, c: type(c) is np.ndarray and np.array_equal(a, c)),
-        "lambda": (lambda x: 2 * x + 1, lambda a, c: [c(i) for i in range(5)] == [1, 3, 5, 7, 9]),
+        "dataclass1k": (
+            [Point(i, i * 0.5, f"p{i}") for i in range(1000)],
+            lambda a, c: a == c,
+        ),
+        "ndarray10MB": (
+            np.arange(10 * 2**20 // 8, dtype=np.float64),
+            lambda a, c: type(c) is np.ndarray and np.array_equal(a, c),
+        ),
+        "lambda": (
+            lambda x: 2 * x + 1,
+            lambda a, c: [c(i) for i in range(5)] == [1, 3, 5, 7, 9],
+        ),
     }
     sizes = {}
     for oname, (obj, same) in objs.items():
@@ -476,12 +502,18 @@ def w_serialization(backend):
                 if pname in ("pickle", "pickler_dump") and oname == "lambda":
                     continue  # expected: plain pickle cannot pickle a lambda
                 raise AssertionError(f"{pname}.dumps({oname}) failed: {e!r}")
-            assert same(obj, pickle.loads(data)), f"{pname}.dumps({oname}) does not round-trip"
-            sizes[f"{oname}.{pname}"] = len(bytes(data)) if not isinstance(data, bytes) else len(data)
+            assert same(obj, pickle.loads(data)), (
+                f"{pname}.dumps({oname}) does not round-trip"
+            )
+            sizes[f"{oname}.{pname}"] = (
+                len(bytes(data)) if not isinstance(data, bytes) else len(data)
+            )
             r.m(f"{oname}.{pname}_us", _per_call_us(lambda: dumps(obj)))
     r.extra["sizes_bytes"] = sizes
     r.extra["loky_dumps_returns"] = type(reduction.dumps(1)).__name__
-    r.extra["loky_pickler"] = getattr(reduction, "get_loky_pickler_name", lambda: None)()
+    r.extra["loky_pickler"] = getattr(
+        reduction, "get_loky_pickler_name", lambda: None
+    )()
     return r
 
 
@@ -574,8 +606,14 @@ def w_import_cost(backend):
     times = {"loky": [], "baseline": []}
     for _ in range(7):
         for which in times:
-            p = subprocess.run([sys.executable, "-c", _IMPORT_CODE, which], capture_output=True,
-                               text=True, timeout=RESULT_TIMEOUT, cwd=cwd, check=True)
+            p = subprocess.run(
+                [sys.executable, "-c", _IMPORT_CODE, which],
+                capture_output=True,
+                text=True,
+                timeout=RESULT_TIMEOUT,
+                cwd=cwd,
+                check=True,
+            )
             times[which].append(json.loads(p.stdout.strip().splitlines()[-1]))
     os.rmdir(cwd)
     r.m("import_loky_ms", 1e3 * _median(times["loky"]))
@@ -622,8 +660,10 @@ def w_crash_recovery(backend):
     r.m("get_new_executor_ms", 1e3 * _median(get))
     r.m("recover_to_result_ms", 1e3 * _median(recover))
     r.extra["exceptions"] = sorted(exc_names)
-    r.check(exc_names == {"TerminatedWorkerError"},
-            f"expected TerminatedWorkerError, got {sorted(exc_names)}")
+    r.check(
+        exc_names == {"TerminatedWorkerError"},
+        f"expected TerminatedWorkerError, got {sorted(exc_names)}",
+    )
     ex.shutdown(wait=True)
     return r
 
@@ -652,16 +692,25 @@ def w_resize(backend):
         ex1, call, ready = step(1)
         acc["shrink_call"].append(call)
         acc["shrink_ready"].append(ready)
-        pids1 = {f.result(timeout=RESULT_TIMEOUT)
-                 for f in [ex1.submit(lib.sleep_pid, 0.01) for _ in range(4)]}
+        pids1 = {
+            f.result(timeout=RESULT_TIMEOUT)
+            for f in [ex1.submit(lib.sleep_pid, 0.01) for _ in range(4)]
+        }
         assert len(pids1) == 1, f"max_workers=1 but tasks ran in {len(pids1)} processes"
         ex2, call, ready = step(2)
         acc["grow_call"].append(call)
         acc["grow_ready"].append(ready)
-        pids2 = {f.result(timeout=RESULT_TIMEOUT)
-                 for f in [ex2.submit(lib.sleep_pid, 0.3) for _ in range(2)]}
-        r.check(len(pids2) == 2, f"after growing to 2, two 0.3 s tasks ran in {len(pids2)} process(es)")
-        r.check(ex1 is ex0 and ex2 is ex0, "resize returned a different executor object")
+        pids2 = {
+            f.result(timeout=RESULT_TIMEOUT)
+            for f in [ex2.submit(lib.sleep_pid, 0.3) for _ in range(2)]
+        }
+        r.check(
+            len(pids2) == 2,
+            f"after growing to 2, two 0.3 s tasks ran in {len(pids2)} process(es)",
+        )
+        r.check(
+            ex1 is ex0 and ex2 is ex0, "resize returned a different executor object"
+        )
     for k, v in acc.items():
         r.m(f"{k}_ms", 1e3 * _median(v))
     ex0.shutdown(wait=True)
@@ -684,8 +733,13 @@ LOKY_WORKLOADS = {
     "import_cost": w_import_cost,
 }
 STDLIB_BACKENDS = ("cf_spawn", "cf_forkserver", "mp_pool")
-STDLIB_SHARED = ("reuse_latency", "throughput_submit", "throughput_map", "big_payload",
-                 "crash_detect")
+STDLIB_SHARED = (
+    "reuse_latency",
+    "throughput_submit",
+    "throughput_map",
+    "big_payload",
+    "crash_detect",
+)
 # pairs that make no sense: a multiprocessing.Pool never fails a task whose worker died
 STDLIB_SKIP = {"crash_detect@mp_pool"}
 # stdlib baselines are named WORKLOAD@BACKEND, e.g. throughput_submit@cf_spawn
@@ -709,8 +763,11 @@ def run(name):
     except BaseException as e:  # report, don't hide: the driver shows the error
         import traceback
 
-        out.update(ok=False, error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc()[-3000:])
+        out.update(
+            ok=False,
+            error=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc()[-3000:],
+        )
     out["wall_s"] = _now() - t0
     return out
 

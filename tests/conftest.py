@@ -94,7 +94,9 @@ def _track_resource_tracker_registrations() -> None:
 
     def register(name, rtype):
         if rtype in ("file", "folder"):
-            _tracked_resources[(name, rtype)] = _tracked_resources.get((name, rtype), 0) + 1
+            _tracked_resources[(name, rtype)] = (
+                _tracked_resources.get((name, rtype), 0) + 1
+            )
         return original_register(name, rtype)
 
     def unregister(name, rtype):
@@ -145,9 +147,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             for name in _loky_semaphores() - _semaphores_at_start
             if _semaphore_is_ours_or_orphaned(name)
         }
-        files = [
-            name for (name, _rtype) in _tracked_resources if os.path.exists(name)
-        ]
+        files = [name for (name, _rtype) in _tracked_resources if os.path.exists(name)]
         if not (children or semaphores or files) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -155,7 +155,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     problems = []
     for child in children:
         try:
-            problems.append(f"child process {child.pid}: {' '.join(child.cmdline())[:200]}")
+            problems.append(
+                f"child process {child.pid}: {' '.join(child.cmdline())[:200]}"
+            )
         except psutil.Error:
             continue
         child.kill()
@@ -163,7 +165,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     problems.extend(f"resource-tracker file {name}" for name in sorted(files))
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = "leak check: the test session left behind:\n  " + "\n  ".join(problems)
+        message = "leak check: the test session left behind:\n  " + "\n  ".join(
+            problems
+        )
         if reporter is not None:
             reporter.write_line(message, red=True)
         else:
