@@ -51,6 +51,7 @@ manager reads it, resolves the future and forgets the task.
 
 from __future__ import annotations
 
+import copyreg
 import faulthandler
 import gc
 import importlib.util
@@ -77,6 +78,7 @@ from pickle import loads as _pickle_loads
 
 from . import _base
 from .backend import get_context
+from .backend import reduction as _reduction
 from .backend.context import cpu_count
 from .backend.queues import Queue, SimpleQueue
 from .backend.reduction import get_loky_pickler, get_loky_pickler_name, set_loky_pickler
@@ -591,7 +593,7 @@ class _ResultPipe:
     def __init__(self, result_queue):
         self._queue = result_queue
         self._fast = type(result_queue).put is SimpleQueue.put
-        self._pickler_class = None
+        self._pickler_key = None
         self._pickler = None
         self._buffer = None
 
@@ -599,14 +601,20 @@ class _ResultPipe:
         if not self._fast:
             self._queue.put(obj)
             return
-        pickler_class = get_loky_pickler()
-        if pickler_class is not self._pickler_class:
-            # set_loky_pickler() changed it (each task carries the parent's).
+        # Rebuilt when set_loky_pickler() changed the class (each task carries
+        # the parent's) or a task registered reducers (register()/copyreg).
+        key = (
+            get_loky_pickler(),
+            getattr(_reduction, "_dispatch_table_version", None),
+            len(_reduction._dispatch_table),
+            len(copyreg.dispatch_table),
+        )
+        if key != self._pickler_key:
             self._buffer = io.BytesIO()
-            self._pickler = pickler_class(
+            self._pickler = key[0](
                 self._buffer, reducers=self._queue._reducers, protocol=None
             )
-            self._pickler_class = pickler_class
+            self._pickler_key = key
         buffer = self._buffer
         pickler = self._pickler
         try:

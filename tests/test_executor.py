@@ -601,3 +601,31 @@ def test_result_queue_replaced_before_the_first_submit():
         assert executor.submit(square, 3).result(timeout=60) == ("via subclass", 9)
     finally:
         executor.shutdown(wait=True)
+
+
+class Tagged:
+    def __init__(self, value):
+        self.value = value
+
+
+def _rebuild_tagged_as_tuple(value):
+    return ("reduced in the worker", value)
+
+
+def _reduce_tagged(obj):
+    return _rebuild_tagged_as_tuple, (obj.value,)
+
+
+def register_then_return_tagged(value):
+    from loky.backend.reduction import register
+
+    register(Tagged, _reduce_tagged)
+    return Tagged(value)
+
+
+def test_reducers_registered_in_a_worker_apply_to_its_results():
+    with ProcessPoolExecutor(max_workers=1) as executor:
+        # The worker has sent a result already (its pickler exists).
+        assert executor.submit(square, 2).result(timeout=60) == 4
+        result = executor.submit(register_then_return_tagged, 3).result(timeout=60)
+    assert result == ("reduced in the worker", 3)
