@@ -567,9 +567,11 @@ def _sendback_result(
         result_queue.put((work_id, exception, result))
     except BaseException as e:
         if pickle_check:
-            _annotate_worker_failure(
-                e, exception if exception is not None else result, "result"
+            # The object that failed: the result, or the task's own exception.
+            culprit = (
+                result if exception is None else getattr(exception, "exc", exception)
             )
+            _annotate_worker_failure(e, culprit, "result")
         try:
             result_queue.put((work_id, _ExceptionWithTraceback(e), None))
         except BaseException as e2:
