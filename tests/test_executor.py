@@ -629,3 +629,27 @@ def test_reducers_registered_in_a_worker_apply_to_its_results():
         assert executor.submit(square, 2).result(timeout=60) == 4
         result = executor.submit(register_then_return_tagged, 3).result(timeout=60)
     assert result == ("reduced in the worker", 3)
+
+
+def exit_after(delay):
+    time.sleep(delay)
+    os._exit(7)
+
+
+def test_dropped_executor_still_reports_a_later_worker_crash():
+    executor = ProcessPoolExecutor(max_workers=1)
+    executor.submit(square, 1).result(timeout=60)
+    flags = executor._flags
+    processes = list(executor._processes.values())
+    future = executor.submit(exit_after, 0.2)
+    del executor
+    gc.collect()
+    with pytest.raises(pe.TerminatedWorkerError, match=r"EXIT\(7\)"):
+        future.result(timeout=60)
+    assert isinstance(flags.broken, pe.TerminatedWorkerError)
+    for p in processes:
+        p.join(timeout=30)
+        assert not p.is_alive()
+    # The error's traceback references this frame: break the cycle so that
+    # the workers' semaphores are released now rather than at some later gc.
+    del future, flags, processes, p
