@@ -92,11 +92,27 @@ _USE_PSUTIL = importlib.util.find_spec("psutil") is not None
 
 def _get_memory_usage(pid: int, force_gc: bool = False) -> int:
     """Resident set size of process ``pid`` in bytes (after a gc if asked)."""
-    from psutil import Process
-
     if force_gc:
         gc.collect()
+    rss = _read_proc_rss(pid)
+    if rss is not None:
+        return rss
+    from psutil import Process
+
     return Process(pid).memory_info().rss
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _read_proc_rss(pid: int) -> int | None:
+    """The RSS psutil reports on Linux, read from /proc without importing
+    psutil (which would make every worker bigger, and slower to exit)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # Names looked up at use time (callers and tests may reassign them).
@@ -550,6 +566,15 @@ def _move_work_to_call_queue(call_queue, work_ids, pending, running, pickle_chec
             )
         else:
             del pending[work_id]
+
+
+def _yield_gil():
+    """Release the GIL for a moment so that threads waiting for it can run."""
+    sched_yield = getattr(os, "sched_yield", None)
+    if sched_yield is not None:
+        sched_yield()
+    else:
+        time.sleep(0)
 
 
 def _process_chunk(fn, chunk):
@@ -1112,6 +1137,9 @@ class _ExecutorManagerThread(threading.Thread):
                 break
             _fail_unless_cancelled(work_item.future, bpe)
             del work_item
+        # Let the callers woken above take the GIL before the (Python-heavy)
+        # tree kill: they see their exception now, not a switch interval later.
+        _yield_gil()
         self.kill_workers(reason="broken executor")
         self.join_executor_internals(broken=True)
 
