@@ -751,3 +751,31 @@ def test_shutdown_cancel_futures_notifies_the_cancelled_ones():
     done, not_done = wait(futures, timeout=60)
     assert not not_done
     assert futures[0].result() == "released"
+
+
+def test_instance_level_semi_public_internals(executor):
+    assert executor.submit(square, 2).result(timeout=60) == 4
+    for name in ("_adjust_process_count", "_ensure_executor_running", "_setup_queues"):
+        assert callable(getattr(executor, name))
+    for process in executor._processes.values():
+        for name in ("terminate", "join", "is_alive"):
+            assert callable(getattr(process, name))
+        assert process.exitcode is None and process.is_alive()
+        assert isinstance(process.sentinel, int)
+        assert hasattr(process._worker_exit_lock, "acquire")
+    thread = executor._executor_manager_thread
+    assert thread.is_alive() and callable(thread.join)
+    assert callable(thread.wait_result_broken_or_wakeup)
+    assert isinstance(executor._call_queue.running_work_items, list)
+    assert callable(executor._call_queue.join_thread)
+    assert executor._result_queue.empty() in (True, False)
+    assert executor._call_queue.empty() in (True, False)
+    flags = executor._flags
+    assert (flags.broken, flags.shutdown, flags.kill_workers) == (None, False, False)
+    assert flags.shutdown_lock is executor._shutdown_lock
+    # the pids are exactly the keys
+    assert all(pid == p.pid for pid, p in executor._processes.items())
+    # _ensure_executor_running is idempotent at full strength
+    pids = set(executor._processes)
+    executor._ensure_executor_running()
+    assert set(executor._processes) == pids

@@ -263,3 +263,16 @@ def test_executor_made_by_the_plain_class_is_not_stored():
         assert get_reusable_executor(max_workers=1) is not plain
     finally:
         plain.shutdown()
+
+
+def test_reusable_instance_internals():
+    executor = get_reusable_executor(max_workers=1)
+    for name in ("_resize", "_wait_job_completion", "_adjust_process_count"):
+        assert callable(getattr(executor, name))
+    assert isinstance(executor.queue_size, int) and isinstance(
+        executor.executor_id, int
+    )
+    # no job: no warning, returns at once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        executor._wait_job_completion()
