@@ -1501,7 +1501,7 @@ class ProcessPoolExecutor(Executor):
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn, *args, **kwargs):
+    def submit(self, fn, /, *args, **kwargs):
         checker = self._pickle_checker
         if checker is None:
             payload = None
