@@ -779,3 +779,13 @@ def test_instance_level_semi_public_internals(executor):
     pids = set(executor._processes)
     executor._ensure_executor_running()
     assert set(executor._processes) == pids
+
+
+def echo_kwargs(**kwargs):
+    return kwargs
+
+
+def test_submit_forwards_keywords_named_fn_and_self(executor):
+    # Like the stdlib: submit(fn, /, *args, **kwargs).
+    future = executor.submit(echo_kwargs, fn=1, self=2)
+    assert future.result(timeout=60) == {"fn": 1, "self": 2}
