@@ -421,12 +421,7 @@ def _missing_attribute_message(
 
 
 def describe_type(obj: Any) -> str:
-    kind = type(obj)
-    return (
-        kind.__name__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    return describe_type_name(type(obj))
 
 
 def resolve_callable(text: str) -> tuple[Reference, Any]:
