@@ -39,6 +39,7 @@ from .equality import (
     shared_mutable_state,
     short_repr,
 )
+from .taxonomy import describe_exception
 
 __all__ = [
     "ReducerEntry",
@@ -330,9 +331,7 @@ def _describe(exc: BaseException) -> str:
     codes = re.search(r"exit codes of the workers are (\{[^}]*\})", text)
     if codes:  # loky's TerminatedWorkerError: the exit code is what matters
         return f"{type(exc).__name__}: the worker died (exit codes {codes.group(1)})"
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe_exception(exc, limit=300)
 
 
 def _engine_path(obj: Any) -> str | None:

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import taxonomy
+
 __all__ = [
     "Call",
     "Reference",
@@ -170,10 +172,7 @@ def describe_exception(exc: BaseException, *, limit: int = 160) -> str:
         )
         text = f"SyntaxError: {exc.msg}"
         return f"{text} (at {where})" if where else text
-    message = " ".join(str(exc).split())
-    if len(message) > limit:
-        message = message[: limit - 3] + "..."
-    text = type(exc).__name__ + (f": {message}" if message else "")
+    text = taxonomy.describe_exception(exc, limit=limit)
     where = _user_frame(exc)
     return f"{text} (at {where})" if where else text
 
@@ -593,14 +592,7 @@ def _draw_one(strategy: Any) -> BaseException | None:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 120:
-        text = text[:117] + "..."
-    return (
-        f"hypothesis cannot build it ({type(exc).__name__}: {text})"
-        if text
-        else (f"hypothesis cannot build it ({type(exc).__name__})")
-    )
+    return f"hypothesis cannot build it ({taxonomy.describe_exception(exc, limit=120)})"
 
 
 def example_calls(

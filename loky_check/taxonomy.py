@@ -346,7 +346,9 @@ def _sync_noun(obj: Any) -> str:
     return _SYNC_NAMES.get(name, "A synchronisation object")
 
 
-def describe_exception(exc: BaseException | None) -> str:
+def describe_exception(exc: BaseException | None, *, limit: int = 160) -> str:
+    """``TypeName: message`` on one line, the message bounded to ``limit``
+    characters; ``""`` for None."""
     if exc is None:
         return ""
     try:
@@ -354,8 +356,8 @@ def describe_exception(exc: BaseException | None) -> str:
     except Exception:
         text = "<unprintable>"
     text = " ".join(text.split())
-    if len(text) > 160:
-        text = text[:157] + "..."
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
