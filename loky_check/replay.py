@@ -128,15 +128,23 @@ def _masking_class(base: type) -> type:
     return _Masking
 
 
-_MASKED_STD = _masking_class(pickle.Pickler)
+def _masked_dumper(base: type, **pickler_kwargs: Any) -> Callable[[Any, set], bytes]:
+    """``dumps(obj, masked)`` with a ``base`` pickler (built with
+    ``pickler_kwargs``) in which the objects whose id is in ``masked`` stand
+    for themselves."""
+    masked_cls = _masking_class(base)
+
+    def masked_dumps(obj: Any, masked: set[int]) -> bytes:
+        buf = io.BytesIO()
+        pickler = masked_cls(buf, protocol=PROTOCOL, **pickler_kwargs)
+        pickler.masked = masked
+        pickler.dump(obj)
+        return buf.getvalue()
+
+    return masked_dumps
 
 
-def _masked_std_dumps(obj: Any, masked: set[int]) -> bytes:
-    buf = io.BytesIO()
-    pickler = _MASKED_STD(buf, protocol=PROTOCOL)
-    pickler.masked = masked
-    pickler.dump(obj)
-    return buf.getvalue()
+_masked_std_dumps = _masked_dumper(pickle.Pickler)
 
 
 def standard_tester() -> Tester:
@@ -155,15 +163,7 @@ def cloudpickle_tester() -> Tester:
     def dumps(obj: Any) -> bytes:
         return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=_discard)
 
-    masked_cls = _masking_class(cloudpickle.Pickler)
-
-    def masked_dumps(obj: Any, masked: set[int]) -> bytes:
-        buf = io.BytesIO()
-        pickler = masked_cls(buf, protocol=PROTOCOL)
-        pickler.masked = masked
-        pickler.dump(obj)
-        return buf.getvalue()
-
+    masked_dumps = _masked_dumper(cloudpickle.Pickler)
     probe = cloudpickle.Pickler(io.BytesIO(), protocol=PROTOCOL)
     return Tester(
         "cloudpickle",
@@ -203,15 +203,7 @@ def loky_tester() -> Tester:
         cls(buf, reducers=stubs, protocol=PROTOCOL).dump(obj)
         return buf.getvalue()
 
-    masked_cls = _masking_class(cls)
-
-    def masked_dumps(obj: Any, masked: set[int]) -> bytes:
-        buf = io.BytesIO()
-        pickler = masked_cls(buf, reducers=stubs, protocol=PROTOCOL)
-        pickler.masked = masked
-        pickler.dump(obj)
-        return buf.getvalue()
-
+    masked_dumps = _masked_dumper(cls, reducers=stubs)
     probe = cls(io.BytesIO(), reducers=stubs, protocol=PROTOCOL)
     table = probe.__dict__.get("dispatch_table", None)
     if table is None:
