@@ -591,13 +591,7 @@ def _check_entry(
 ) -> ReducerResult:
     from .strategies import NoStrategyError, no_strategy_message, strategy_for
 
-    result = ReducerResult(
-        type=qualified_name(entry.cls),
-        reducer=entry.reducer_name,
-        source=entry.source,
-        cls=entry.cls,
-        reducer_function=entry.reducer,
-    )
+    result = _result_for(entry)
     try:
         strategy = strategy_for(entry.cls)
     except NoStrategyError as exc:
@@ -667,6 +661,17 @@ def _check_entry(
     return result
 
 
+def _result_for(entry: ReducerEntry) -> ReducerResult:
+    """A fresh verdict on ``entry``'s reducer (no examples checked yet)."""
+    return ReducerResult(
+        type=qualified_name(entry.cls),
+        reducer=entry.reducer_name,
+        source=entry.source,
+        cls=entry.cls,
+        reducer_function=entry.reducer,
+    )
+
+
 def _errored(result: ReducerResult, message: str, stage: str) -> ReducerResult:
     result.ok = False
     result.error = message
@@ -726,14 +731,7 @@ def check_reducers(
         try:
             results.append(_check_entry(entry, max_examples, trip))
         except _Abort as abort:
-            result = ReducerResult(
-                type=qualified_name(entry.cls),
-                reducer=entry.reducer_name,
-                source=entry.source,
-                cls=entry.cls,
-                reducer_function=entry.reducer,
-            )
-            results.append(_errored(result, str(abort), "worker"))
+            results.append(_errored(_result_for(entry), str(abort), "worker"))
     return results
 
 
