@@ -97,6 +97,28 @@ def test_exit_codes(method):
     assert p_err.exitcode == 1
 
 
+def test_threads_joining_the_same_child_all_see_its_exit_code():
+    # The executor's manager thread and a user's join() may reap one worker at
+    # once: the thread that loses the waitpid race must not read None.
+    for _ in range(5):
+        p = LokyProcess(target=exit_with, args=(7,))
+        p.start()
+        codes = []
+        barrier = threading.Barrier(4)
+
+        def join_and_read(process=p, barrier=barrier, codes=codes):
+            barrier.wait()
+            process.join()
+            codes.append(process.exitcode)
+
+        threads = [threading.Thread(target=join_and_read) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes == [7, 7, 7, 7]
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_exitcode_is_minus_signum_after_a_signal(method):
     ctx = context_for(method)

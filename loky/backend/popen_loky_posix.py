@@ -18,6 +18,7 @@ import io
 import os
 import signal
 import sys
+import threading
 from multiprocessing import util
 from multiprocessing.context import set_spawning_popen
 
@@ -55,6 +56,10 @@ class Popen:
     def __init__(self, process_obj):
         util._flush_std_streams()
         self.returncode: int | None = None
+        # The manager thread and a user's join() may reap the same child: one
+        # waitpid under this lock, so the loser reads the stored code instead
+        # of getting ECHILD (and None) from a second waitpid.
+        self._reap_lock = threading.Lock()
         self.finalizer = None
         self.pid: int | None = None
         self.sentinel: int | None = None
@@ -70,22 +75,25 @@ class Popen:
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         """Exit code (``-signum`` if killed by a signal), None if running."""
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, flag)
-            except OSError:
-                # Not our child (anymore) or interrupted: no status to report.
-                return None
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        with self._reap_lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, flag)
+                except OSError:
+                    # Not our child (anymore) or interrupted: no status to report.
+                    return None
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the child to exit (on the sentinel); None on timeout."""
         if self.returncode is None:
-            if timeout is not None:
+            if self.sentinel is not None:
                 from multiprocessing.connection import wait
 
+                # Wait on the sentinel, not in waitpid: a blocking waitpid
+                # would hold the reap lock against other pollers meanwhile.
                 if not wait([self.sentinel], timeout):
                     return None
             # Once the sentinel fired, a blocking waitpid returns at once.
