@@ -12,7 +12,6 @@ remedy whose ``wrap`` advice is verified by a real round trip.
 from __future__ import annotations
 
 import inspect
-import os
 import pickle
 import types
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 from . import replay, taxonomy
 from .report import Finding, Report
+from .report import display_path as _display_path
 
 PICKLERS = ("pickle", "cloudpickle", "loky")
 STAGES = ("dump", "load")
@@ -222,14 +222,6 @@ def _location(defn: Any) -> str | None:
     except Exception:
         return None
     return f"{_display_path(filename)}:{line}"
-
-
-def _display_path(filename: str) -> str:
-    try:
-        relative = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return filename if relative.startswith("..") else relative
 
 
 def _summary(obj: Any, definition: Any, type_name: str, location: str | None) -> str:

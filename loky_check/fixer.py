@@ -31,6 +31,7 @@ from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from .report import display_path as _display_path
 from .targets import TargetError
 
 __all__ = [
@@ -144,14 +145,6 @@ class FixPlan:
 
 
 # -- locating the definition behind a finding --------------------------------
-
-
-def _display_path(path: str) -> str:
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if relative.startswith(os.pardir) else relative
 
 
 def _library_roots() -> list[str]:

@@ -10,6 +10,7 @@ warnings and the pytest plugin all print these.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +35,16 @@ FINDING_KEYS = (
     "wrap_fixes",
     "location",
 )
+
+
+def display_path(path: str) -> str:
+    """``path`` relative to the current directory when it is below it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if relative.startswith(os.pardir) else relative
+
 
 _ANSI = {"error": "\x1b[31;1m", "warning": "\x1b[33;1m", "info": "\x1b[36m"}
 _ANSI_RESET = "\x1b[0m"

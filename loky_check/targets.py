@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import taxonomy
+from .report import display_path as _display_path
 
 __all__ = [
     "Call",
@@ -153,15 +154,6 @@ def _user_frame(exc: BaseException) -> str:
             continue
         return f"{_display_path(filename)}:{frame.lineno}"
     return ""
-
-
-def _display_path(path: str) -> str:
-    """``path`` relative to the current directory when it is below it."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return path
-    return path if relative.startswith(os.pardir) else relative
 
 
 def describe_exception(exc: BaseException, *, limit: int = 160) -> str:
