@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _helpers import cli_env, run_cli
 
 from loky_check.report import FINDING_KEYS
 
@@ -139,13 +140,6 @@ RULE_LINE = (
 )
 
 
-def _env(extra: dict | None = None) -> dict:
-    base = {
-        k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "LOKY_CHECK_DEBUG")
-    }
-    return {**base, **(extra or {})}
-
-
 def run_many(
     *argvs: list[str], cwd: Path, timeout: float = 90, env: dict | None = None
 ) -> list:
@@ -155,7 +149,7 @@ def run_many(
         subprocess.Popen(
             [sys.executable, "-m", "loky_check", *argv],
             cwd=cwd,
-            env=_env(env),
+            env=cli_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -175,17 +169,6 @@ def run_many(
                 proc.kill()
                 proc.wait()
     return results
-
-
-def run_cli(*argv: str, cwd: Path, env: dict | None = None, timeout: float = 90):
-    return subprocess.run(
-        [sys.executable, "-m", "loky_check", *argv],
-        cwd=cwd,
-        env=_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _write(root: Path) -> Path:

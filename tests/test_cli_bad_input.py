@@ -4,31 +4,20 @@ and no file modified."""
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import _helpers
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHOP = REPO / "examples" / "shop"
 
 
-def run_cli(*argv: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "LOKY_CHECK_DEBUG")
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "loky_check", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return _helpers.run_cli(*argv, cwd=cwd, timeout=60)
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> str:

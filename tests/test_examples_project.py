@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import _helpers
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,17 +41,7 @@ WRAP_FIXABLE = {"local_function", "main_module"}
 
 
 def run_cli(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "LOKY_CHECK_DEBUG")
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "loky_check", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return _helpers.run_cli(*argv, cwd=cwd, timeout=120)
 
 
 def _keys(report: dict) -> set[tuple]:

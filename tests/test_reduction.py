@@ -9,12 +9,11 @@ import multiprocessing
 import os
 import pickle
 import socket
-import subprocess
-import sys
 import types
 
 import cloudpickle
 import pytest
+from _helpers import run_python as _run_python
 
 from loky.backend import reduction
 
@@ -34,16 +33,6 @@ def _restore_pickler():
         reduction.set_loky_pickler(name)
     reduction._dispatch_table.clear()
     reduction._dispatch_table.update(table)
-
-
-def _run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-    )
 
 
 class Point:

@@ -6,14 +6,13 @@ import base64
 import json
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 import warnings
 
 import psutil
 import pytest
+from _helpers import run_python as _run_python
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,15 +44,6 @@ def paths(tmp_path):
     loose = tmp_path / "loose.txt"
     loose.write_text("y")
     return str(folder), str(inner), str(loose)
-
-
-def _run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # --- import effects and module API ---------------------------------------------

@@ -1,0 +1,44 @@
+"""Helpers shared by several test files: running ``loky-check`` or a Python
+snippet in a fresh interpreter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    """This environment without the variables that change the CLI's output
+    (colour, debug tracebacks), plus ``extra``."""
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "LOKY_CHECK_DEBUG")
+    }
+    return {**base, **(extra or {})}
+
+
+def run_cli(
+    *argv: str, cwd: Path, env: dict | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess:
+    """``python -m loky_check *argv`` in ``cwd``, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "loky_check", *argv],
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` (dedented) with ``env`` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
