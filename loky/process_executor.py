@@ -726,6 +726,32 @@ def _enable_faulthandler_if_needed():
         faulthandler.enable()
 
 
+def _exit_when_parent_dies():
+    """Leave when the executor's process dies without a word (SIGKILL, OOM).
+
+    Without an idle timeout nothing else would end this worker: it would wait
+    for tasks for ever on a queue whose pipe it holds both ends of. A daemon
+    thread waits on the parent's sentinel; it costs nothing until it fires.
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return
+
+    def watch_parent():
+        try:
+            _mp_wait([sentinel])
+        except (OSError, ValueError):
+            return  # the fd went away (closed by a task): stop watching
+        if parent.is_alive():
+            return
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="ParentWatcher", daemon=True).start()
+
+
 def _process_worker(
     call_queue,
     result_queue,
@@ -753,6 +779,8 @@ def _process_worker(
     global _CURRENT_DEPTH
     _CURRENT_DEPTH = current_depth
     _enable_faulthandler_if_needed()
+    if timeout is None:
+        _exit_when_parent_dies()
 
     pid = os.getpid()
     result_queue = _ResultPipe(result_queue)
@@ -1380,6 +1408,10 @@ class ProcessPoolExecutor(Executor):
 
         if context is None:
             context = get_context()
+        elif isinstance(context, str):
+            # A start method's name (loky's get_reusable_executor takes one too);
+            # an unknown one is get_context's clear ValueError.
+            context = get_context(context)
         self._context = context
         self._env = env
 

@@ -653,3 +653,11 @@ def test_dropped_executor_still_reports_a_later_worker_crash():
     # The error's traceback references this frame: break the cycle so that
     # the workers' semaphores are released now rather than at some later gc.
     del future, flags, processes, p
+
+
+def test_context_may_be_given_by_name():
+    with ProcessPoolExecutor(max_workers=1, context="loky_init_main") as executor:
+        assert executor._context.get_start_method() == "loky_init_main"
+        assert executor.submit(abs, -2).result(timeout=60) == 2
+    with pytest.raises(ValueError, match="Unknown context 'threads'"):
+        ProcessPoolExecutor(max_workers=1, context="threads")

@@ -252,3 +252,39 @@ def _forget_semaphores_of(pids):
         except FileNotFoundError:
             continue
         resource_tracker.unregister(sem_name, "semlock")
+
+
+_ORPHAN_SCRIPT = """
+import os, signal, sys
+from loky import ProcessPoolExecutor
+
+if __name__ == "__main__":
+    executor = ProcessPoolExecutor(max_workers=2, timeout=None)
+    pids = {executor.submit(os.getpid).result() for _ in range(8)}
+    print(" ".join(map(str, sorted(executor._processes))), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_workers_without_idle_timeout_leave_when_the_parent_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "orphans.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == -9, result.stderr
+    pids = [int(pid) for pid in result.stdout.split()]
+    assert len(pids) == 2
+    workers = []
+    for pid in pids:
+        try:
+            workers.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    for proc in alive:  # do not leave them behind even when failing
+        proc.kill()
+    assert alive == []
