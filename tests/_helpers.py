@@ -42,3 +42,26 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
         env={**os.environ, **env},
         timeout=60,
     )
+
+
+class Holder:
+    def __init__(self, x):
+        self.x = x
+
+
+class SlotHolder:
+    __slots__ = ("x",)
+
+    def __init__(self, x):
+        self.x = x
+
+
+# Where a culprit sits in a call of ``target(a, b=None, *, kw=None)``:
+# position id -> (build the call from the culprit, argument, parameter, path)
+POSITIONS = {
+    "top": (lambda c: ((c,), {}), "args[0]", "a", "a"),
+    "list_in_dict": (lambda c: (({"k": [0, c]},), {}), "args[0]", "a", "a['k'][1]"),
+    "attribute": (lambda c: ((Holder(c),), {}), "args[0]", "a", "a.x"),
+    "slot": (lambda c: ((SlotHolder(c),), {}), "args[0]", "a", "a.x"),
+    "keyword": (lambda c: ((0,), {"kw": c}), "kwargs['kw']", "kw", "kw"),
+}

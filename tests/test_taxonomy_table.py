@@ -18,6 +18,7 @@ import types
 import weakref
 
 import pytest
+from _helpers import POSITIONS, Holder
 
 from loky_check import check_call
 from loky_check.taxonomy import CATEGORIES, REMEDIES
@@ -25,28 +26,6 @@ from loky_check.taxonomy import CATEGORIES, REMEDIES
 
 def target(a, b=None, *, kw=None):
     """The callable every call is checked against."""
-
-
-class Holder:
-    def __init__(self, x):
-        self.x = x
-
-
-class SlotHolder:
-    __slots__ = ("x",)
-
-    def __init__(self, x):
-        self.x = x
-
-
-# position id -> (build the call from the culprit, argument, parameter, path)
-POSITIONS = {
-    "top": (lambda c: ((c,), {}), "args[0]", "a", "a"),
-    "list_in_dict": (lambda c: (({"k": [0, c]},), {}), "args[0]", "a", "a['k'][1]"),
-    "attribute": (lambda c: ((Holder(c),), {}), "args[0]", "a", "a.x"),
-    "slot": (lambda c: ((SlotHolder(c),), {}), "args[0]", "a", "a.x"),
-    "keyword": (lambda c: ((0,), {"kw": c}), "kwargs['kw']", "kw", "kw"),
-}
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import threading
 import types
 
 import pytest
+from _helpers import POSITIONS, Holder
 
 from loky_check import check_call, check_object, check_return_value
 
@@ -24,18 +25,6 @@ def shutdown_probe_executor():
 
 def target(a, b=None, *, kw=None):
     pass
-
-
-class Holder:
-    def __init__(self, x):
-        self.x = x
-
-
-class SlotHolder:
-    __slots__ = ("x",)
-
-    def __init__(self, x):
-        self.x = x
 
 
 class BadSetstate:
@@ -70,15 +59,6 @@ def parent_only_module(monkeypatch):
     exec("def helper(x):\n    return x\n\nclass Shape:\n    pass\n", module.__dict__)
     monkeypatch.setitem(sys.modules, "lc_parent_only_mod", module)
     return module
-
-
-POSITIONS = {
-    "top": (lambda c: ((c,), {}), "args[0]", "a", "a"),
-    "list_in_dict": (lambda c: (({"k": [0, c]},), {}), "args[0]", "a", "a['k'][1]"),
-    "attribute": (lambda c: ((Holder(c),), {}), "args[0]", "a", "a.x"),
-    "slot": (lambda c: ((SlotHolder(c),), {}), "args[0]", "a", "a.x"),
-    "keyword": (lambda c: ((0,), {"kw": c}), "kwargs['kw']", "kw", "kw"),
-}
 
 
 def _registered():
