@@ -206,8 +206,9 @@ def test_a_huge_container_with_one_culprit_is_bisected(monkeypatch):
     assert len(tested) < 200  # bisection, not one pickle per item
 
 
-def test_pickle_and_copyreg_are_left_unchanged():
-    before = (
+def _pickle_globals() -> tuple:
+    """What a check could alter in pickle and copyreg, as comparable copies."""
+    return (
         dict(copyreg.dispatch_table),
         dict(copyreg._extension_registry),
         pickle.Pickler,
@@ -216,6 +217,10 @@ def test_pickle_and_copyreg_are_left_unchanged():
         dict(pickle._Pickler.dispatch),
         getattr(pickle.Pickler, "persistent_id", None),
     )
+
+
+def test_pickle_and_copyreg_are_left_unchanged():
+    before = _pickle_globals()
     from loky.backend import reduction
 
     loky_before = dict(reduction._dispatch_table)
@@ -225,15 +230,7 @@ def test_pickle_and_copyreg_are_left_unchanged():
             (lambda: 0, {"x": [LOCK, RaisingReduce(), Hostile()]}),
             pickler=pickler,
         )
-    after = (
-        dict(copyreg.dispatch_table),
-        dict(copyreg._extension_registry),
-        pickle.Pickler,
-        pickle.dumps,
-        pickle.loads,
-        dict(pickle._Pickler.dispatch),
-        getattr(pickle.Pickler, "persistent_id", None),
-    )
+    after = _pickle_globals()
     assert after == before
     assert dict(reduction._dispatch_table) == loky_before
 
