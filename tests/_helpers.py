@@ -33,6 +33,15 @@ def run_cli(
     )
 
 
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    """Write ``{relative path: dedented text}`` below ``root``; return ``root``."""
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    return root
+
+
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     """``python -c code`` (dedented) with ``env`` added to this environment."""
     return subprocess.run(

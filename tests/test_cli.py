@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _helpers import cli_env, run_cli
+from _helpers import cli_env, run_cli, write_files
 
 from loky_check.report import FINDING_KEYS
 
@@ -172,11 +172,7 @@ def run_many(
 
 
 def _write(root: Path) -> Path:
-    for name, text in FILES.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-    return root
+    return write_files(root, FILES)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import stat
 import subprocess
-import textwrap
 from pathlib import Path
 
 import _helpers
@@ -128,11 +127,7 @@ def project(tmp_path_factory) -> Path:
                 raise SystemExit("the job must not run during a check")
             """,
     }
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-    return root
+    return _helpers.write_files(root, files)
 
 
 @pytest.mark.parametrize(
