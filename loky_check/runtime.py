@@ -961,6 +961,20 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
     )
 
 
+def _qualified_code_name(frame) -> str:
+    """``Class.method`` of the frame's code (``co_qualname`` exists from 3.11;
+    before, a method's ``self`` / ``cls`` names its class)."""
+    code = frame.f_code
+    qualname = getattr(code, "co_qualname", None)
+    if qualname:
+        return qualname
+    receiver = frame.f_locals.get("self", frame.f_locals.get("cls"))
+    if receiver is not None and code.co_varnames[:1] in (("self",), ("cls",)):
+        owner = receiver if isinstance(receiver, type) else type(receiver)
+        return f"{owner.__qualname__}.{code.co_name}"
+    return code.co_name
+
+
 def _load_error_report(exc: BaseException, taxonomy) -> Report:
     """Every global imports, yet loading fails: a reconstructor or
     ``__setstate__`` raised. Its frame (the traceback's last) names it."""
@@ -968,7 +982,7 @@ def _load_error_report(exc: BaseException, taxonomy) -> Report:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     code = tb.tb_frame.f_code if tb is not None else None
-    where = getattr(code, "co_qualname", None) or getattr(code, "co_name", "")
+    where = _qualified_code_name(tb.tb_frame) if tb is not None else ""
     owner, _, method = where.rpartition(".")
     if "<" in where or "pickle" in getattr(code, "co_filename", ""):
         owner, method = "", ""  # the unpickler itself, not user code
