@@ -38,6 +38,11 @@ CATEGORIES = tuple(REMEDIES)
 
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on classes written in Python
 
+# Before 3.12 the C pickler counts its nesting against sys.getrecursionlimit();
+# from 3.12 on against the interpreter's own C recursion limit, which
+# sys.setrecursionlimit() does not raise (so advising it would be wrong there).
+_PICKLER_DEPTH_FOLLOWS_RECURSIONLIMIT = sys.version_info < (3, 12)
+
 # (module, dotted attribute) of the types of each category. Only modules that
 # are already imported are consulted: an object cannot be an instance of a type
 # whose module was never imported.
@@ -437,10 +442,11 @@ def texts(
     elif category == "unpickle_error":
         message = f"It pickles, but loading it fails: {describe_exception(exc)}."
     elif category == "recursion":
-        message = (
-            f"Nested deeper than the recursion limit ({sys.getrecursionlimit()});"
-            " the pickler gives up."
-        )
+        if _PICKLER_DEPTH_FOLLOWS_RECURSIONLIMIT:
+            limit = f"the recursion limit ({sys.getrecursionlimit()})"
+        else:
+            limit = "the interpreter's C recursion limit"
+        message = f"Nested deeper than {limit}; the pickler gives up."
     elif category == "fidelity":
         message = "The round trip returns a different value."
     else:
@@ -520,7 +526,7 @@ def _fix_text(
         where = reducer_name or "__reduce__ / __getstate__"
         return f"fix {short_type}'s {where} so that it returns picklable state without raising."
     if remedy == "restructure":
-        return (
-            "flatten the structure (or raise sys.setrecursionlimit in both processes)."
-        )
+        if _PICKLER_DEPTH_FOLLOWS_RECURSIONLIMIT:
+            return "flatten the structure (or raise sys.setrecursionlimit in both processes)."
+        return "flatten the structure (sys.setrecursionlimit does not raise the pickler's limit)."
     return "no known fix: convert it to plain data before passing it."

@@ -53,6 +53,20 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+def too_deep_to_pickle(factor: int = 3) -> int:
+    """A nesting depth the C pickler refuses on this Python.
+
+    Before 3.12 the pickler counts nesting against ``sys.getrecursionlimit()``,
+    so ``factor`` times it overflows. From 3.12 on it counts against the
+    interpreter's fixed C recursion limit instead (1500 levels on 3.12.1, 10000
+    on 3.13; ``sys.setrecursionlimit`` does not move it): a few thousand levels
+    pickle fine there, so go well past every such limit.
+    """
+    if sys.version_info < (3, 12):
+        return sys.getrecursionlimit() * factor
+    return 100_000
+
+
 class Holder:
     def __init__(self, x):
         self.x = x

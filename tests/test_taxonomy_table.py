@@ -18,7 +18,7 @@ import types
 import weakref
 
 import pytest
-from _helpers import POSITIONS, Holder
+from _helpers import POSITIONS, Holder, too_deep_to_pickle
 
 from loky_check import check_call
 from loky_check.taxonomy import CATEGORIES, REMEDIES
@@ -76,7 +76,7 @@ class Opaque:
     __reduce__ = None
 
 
-def deep_tuple(depth=sys.getrecursionlimit() * 3):
+def deep_tuple(depth=too_deep_to_pickle(3)):
     value = ()
     for _ in range(depth):
         value = (value,)
