@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copyreg
 import functools
+import gc
 import io
 import multiprocessing
 import os
@@ -334,6 +335,22 @@ def test_dumps_returns_memoryview_over_one_buffer():
     assert bytes(view) == pickle.dumps(data, protocol=cloudpickle.DEFAULT_PROTOCOL)
     assert reduction.loads(view) == data
     assert reduction.loads is pickle.loads
+
+
+def test_dumps_view_collected_in_a_cycle_reports_nothing(monkeypatch):
+    # A view kept in a reference cycle (a script's namespace holding it and a
+    # function whose globals are that namespace) dies in the garbage collector,
+    # which may finalize the BytesIO behind it first (3.12+ sees that link);
+    # closing a BytesIO with a live export raises BufferError, which would be
+    # printed as "Exception ignored in: <_io.BytesIO ...>".
+    unraisable = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    namespace = {}
+    exec("def f():\n    return view", namespace)
+    namespace["view"] = reduction.dumps({"a": [1, 2, 3]})
+    del namespace
+    gc.collect()
+    assert [(u.exc_type, u.object) for u in unraisable] == []
 
 
 def test_protocol_argument():

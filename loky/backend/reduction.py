@@ -323,11 +323,26 @@ def dump(
     _LokyPickler(file, reducers=reducers, protocol=protocol).dump(obj)
 
 
+class _ViewedBuffer(io.BytesIO):
+    """The BytesIO behind the view ``dumps`` returns: only that view refers to it."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        # io's finalizer would close() the buffer. When the view dies in a
+        # reference cycle, the collector of Python 3.12+ (which sees the view's
+        # link to its buffer) may finalize the buffer while the view still
+        # exports it; close() then raises BufferError, printed as "Exception
+        # ignored in: <_io.BytesIO ...>". Closing a BytesIO only frees memory,
+        # which deallocation does anyway, so there is nothing to do here.
+        pass
+
+
 def dumps(
     obj: Any, reducers: dict | None = None, protocol: int | None = None
 ) -> memoryview:
     """Pickle ``obj`` with the loky pickler; a memoryview over the one buffer written."""
-    buf = io.BytesIO()
+    buf = _ViewedBuffer()
     _LokyPickler(buf, reducers=reducers, protocol=protocol).dump(obj)
     return buf.getbuffer()
 
