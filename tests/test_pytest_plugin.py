@@ -54,7 +54,12 @@ def test_map(pool):
 
 
 def test_concurrent_futures():
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as executor:
+    # Not "fork": the loky pool's threads are alive, and from Python 3.12 on
+    # forking a multi-threaded process warns (DeprecationWarning) by itself.
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as executor:
         assert list(executor.map(square, [1, 2])) == [1, 4]
 """
 
