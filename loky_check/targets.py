@@ -583,6 +583,38 @@ def _draw_one(strategy: Any) -> BaseException | None:
     return failure[0] if failure else None
 
 
+def _refuse_lock(thing: Any) -> Any:
+    raise TypeError(
+        "a threading.Lock belongs to one process: hypothesis must not invent one"
+    )
+
+
+def _refuse_locks_as_before_313() -> None:
+    """Keep ``threading.Lock`` hints unbuildable, as they are before Python 3.13.
+
+    Until 3.13 ``threading.Lock`` is a factory function, which hypothesis cannot
+    resolve; from 3.13 on it is the lock type itself, which hypothesis builds by
+    calling it. An invented lock says nothing about the values the deployment
+    passes, so the hint stays a usage error (naming the parameter and asking for
+    a strategy) on every version. A strategy the project registered for the
+    lock type is kept.
+    """
+    import threading
+
+    from hypothesis import strategies as st
+
+    if not isinstance(threading.Lock, type):
+        return
+    try:
+        from hypothesis.strategies._internal import types as hypothesis_types
+    except ImportError:  # private layout changed: register unconditionally
+        registered = {}
+    else:
+        registered = getattr(hypothesis_types, "_global_type_lookup", {})
+    if threading.Lock not in registered:
+        st.register_type_strategy(threading.Lock, _refuse_lock)
+
+
 def _reason(exc: BaseException) -> str:
     return f"hypothesis cannot build it ({taxonomy.describe_exception(exc, limit=120)})"
 
@@ -615,6 +647,7 @@ def example_calls(
             f"cannot evaluate the type hints of {target} for --examples: {describe_exception(exc)}"
         ) from None
 
+    _refuse_locks_as_before_313()
     positional: list[str] = []
     keyword_only: list[str] = []
     strategies: dict[str, Any] = {}
