@@ -86,7 +86,10 @@ def test_nested_function_in_map(pool):
 
 
 def test_concurrent_futures():
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as executor:
+    # spawn, not the default fork: forking this multi-threaded pytest process
+    # (the loky pool's threads) can leave a child that outlives the session.
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as executor:
         future = executor.submit(work, 2, cfg=Config())  # SITE cf
         with pytest.raises(Exception):
             future.result()
@@ -94,7 +97,7 @@ def test_concurrent_futures():
             list(executor.map(lambda x: x, [1, 2]))  # SITE cf-lambda
 """
 
-HEADER = "import concurrent.futures\n\nimport pytest\nfrom app import Config, square, work\n\n"
+HEADER = "import concurrent.futures\nimport multiprocessing\n\nimport pytest\nfrom app import Config, square, work\n\n"
 
 FAILING_TESTS = [
     "test_lambda",
