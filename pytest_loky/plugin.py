@@ -686,27 +686,6 @@ def assert_picklable():
     return check
 
 
-_SHM_DIR = "/dev/shm"
-
-
-def _own_loky_semaphores() -> set[str]:
-    """loky semaphores in /dev/shm that this process may have created."""
-    import re
-
-    try:
-        names = os.listdir(_SHM_DIR)
-    except OSError:
-        return set()
-    mine = set()
-    for name in names:
-        if not name.startswith("sem.loky-"):
-            continue
-        match = re.match(r"sem\.loky-(\d+)-", name)
-        if match is None or int(match.group(1)) == os.getpid():
-            mine.add(name)
-    return mine
-
-
 def _live_workers(pids: set[int]) -> list:
     import psutil
 
@@ -721,19 +700,6 @@ def _live_workers(pids: set[int]) -> list:
     return alive
 
 
-def _child_pids() -> set[int]:
-    import psutil
-
-    pids = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                pids.add(child.pid)
-        except psutil.Error:
-            continue
-    return pids
-
-
 @pytest.fixture
 def loky_executor():
     """A reusable loky executor with ``pickle_check="error"``; after the test it
@@ -742,8 +708,15 @@ def loky_executor():
 
     from loky import get_reusable_executor
 
-    children_before = _child_pids()
-    semaphores_before = _own_loky_semaphores()
+    from .leaks import (
+        SHM_DIR,
+        child_processes,
+        loky_semaphore_names,
+        new_loky_semaphores,
+    )
+
+    children_before = {p.pid for p in child_processes()}
+    semaphores_before = loky_semaphore_names()
     executor = get_reusable_executor(max_workers=2, pickle_check="error")
     try:
         yield executor
@@ -751,12 +724,12 @@ def loky_executor():
         worker_pids = {
             p.pid for p in list(getattr(executor, "_processes", {}).values())
         }
-        worker_pids |= _child_pids() - children_before
+        worker_pids |= {p.pid for p in child_processes()} - children_before
         executor.shutdown(wait=True)
         deadline = time.monotonic() + 3.0
         while True:  # workers and semaphores go away asynchronously after shutdown
             workers = _live_workers(worker_pids)
-            semaphores = _own_loky_semaphores() - semaphores_before
+            semaphores = new_loky_semaphores(semaphores_before)
             if not (workers or semaphores) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -766,7 +739,7 @@ def loky_executor():
             except Exception:
                 pass
         problems = [f"worker process {p.pid}" for p in workers]
-        problems += [f"semaphore {_SHM_DIR}/{name}" for name in sorted(semaphores)]
+        problems += [f"semaphore {SHM_DIR}/{name}" for name in sorted(semaphores)]
         if problems:
             pytest.fail(
                 "loky_executor: left behind after the test and the executor's shutdown: "

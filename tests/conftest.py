@@ -18,6 +18,13 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
+from pytest_loky.leaks import (
+    SHM_DIR,
+    child_processes,
+    loky_semaphore_names,
+    new_loky_semaphores,
+)
+
 pytest_plugins = ["pytester"]
 
 settings.register_profile(
@@ -32,49 +39,7 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-SHM_DIR = "/dev/shm"
 _LEAK_GRACE_SECONDS = 10.0
-
-
-def _loky_semaphores() -> set[str]:
-    try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith("sem.loky-")}
-    except OSError:
-        return set()
-
-
-def _semaphore_is_ours_or_orphaned(name: str) -> bool:
-    """``sem.loky-<pid>-<random>``: ours when this process made it; a leak of
-    anyone's when its creator is dead. A live *other* process's semaphore (a
-    concurrent test run, another xdist worker) is none of our business."""
-    try:
-        pid = int(name.split("-")[1])
-    except (IndexError, ValueError):
-        return False
-    return pid == os.getpid() or not psutil.pid_exists(pid)
-
-
-def _is_helper_process(proc: psutil.Process) -> bool:
-    """Resource trackers are per-parent singletons meant to outlive the tests."""
-    try:
-        cmdline = " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return True
-    return "resource_tracker" in cmdline
-
-
-def _leftover_children() -> list[psutil.Process]:
-    me = psutil.Process()
-    left = []
-    for child in me.children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        if not _is_helper_process(child):
-            left.append(child)
-    return left
 
 
 _tracked_resources: dict[tuple[str, str], int] = {}
@@ -120,7 +85,7 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _semaphores_at_start.update(_loky_semaphores())
+    _semaphores_at_start.update(loky_semaphore_names())
     _track_resource_tracker_registrations()
 
 
@@ -141,12 +106,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _shutdown_reusable_executor()
     deadline = time.monotonic() + _LEAK_GRACE_SECONDS
     while True:
-        children = _leftover_children()
-        semaphores = {
-            name
-            for name in _loky_semaphores() - _semaphores_at_start
-            if _semaphore_is_ours_or_orphaned(name)
-        }
+        children = child_processes()
+        semaphores = new_loky_semaphores(_semaphores_at_start)
         files = [name for (name, _rtype) in _tracked_resources if os.path.exists(name)]
         if not (children or semaphores or files) or time.monotonic() > deadline:
             break
@@ -161,7 +122,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except psutil.Error:
             continue
         child.kill()
-    problems.extend(f"semaphore /dev/shm/{name}" for name in sorted(semaphores))
+    problems.extend(f"semaphore {SHM_DIR}/{name}" for name in sorted(semaphores))
     problems.extend(f"resource-tracker file {name}" for name in sorted(files))
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
