@@ -3,7 +3,10 @@
 The leak check fails the run when the suite leaves behind, in this process:
   * a child process (other than the resource trackers, which live as long as
     their parent by design),
-  * a loky semaphore in /dev/shm that did not exist when the session started,
+  * a loky semaphore in /dev/shm that did not exist when the session started
+    and that neither its creator nor, once the creator is dead, the resource
+    tracker removed (a killed process cannot unlink its semaphores: unlinking
+    them at its exit is the tracker's job, so the tracker is stopped first),
   * a file or folder registered with loky's resource tracker that still exists
     and was never unregistered.
 """
@@ -44,6 +47,8 @@ _LEAK_GRACE_SECONDS = 10.0
 
 _tracked_resources: dict[tuple[str, str], int] = {}
 _semaphores_at_start: set[str] = set()
+# Which test a semaphore first appeared during: names the culprit of a leak.
+_semaphore_origin: dict[str, str] = {}
 
 
 def _track_resource_tracker_registrations() -> None:
@@ -89,6 +94,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _track_resource_tracker_registrations()
 
 
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    for name in loky_semaphore_names():
+        _semaphore_origin.setdefault(name, nodeid)
+
+
+def _made_here(semaphore_name: str) -> bool:
+    return semaphore_name.startswith(f"sem.loky-{os.getpid()}-")
+
+
+def _stop_resource_tracker() -> None:
+    """Stop this process's tracker: it unlinks what dead processes left."""
+    module = sys.modules.get("loky.backend.resource_tracker")
+    if module is not None:
+        module._resource_tracker._stop()
+
+
 def _shutdown_reusable_executor() -> None:
     """The reusable executor is a per-thread singleton kept warm across tests by
     design; shut the main thread's one down before counting leftovers."""
@@ -112,6 +133,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if not (children or semaphores or files) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    notes = []
+    if semaphores and not children and not any(map(_made_here, semaphores)):
+        # All made by processes that died (killed workers and their nested
+        # pools): the tracker unlinks them when it stops.
+        orphans = semaphores
+        _stop_resource_tracker()
+        semaphores = new_loky_semaphores(_semaphores_at_start)
+        notes.extend(
+            f"semaphore {name} of a killed process (appeared during "
+            f"{_semaphore_origin.get(name, 'the session end')})"
+            for name in sorted(orphans - semaphores)
+        )
 
     problems = []
     for child in children:
@@ -122,11 +155,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except psutil.Error:
             continue
         child.kill()
-    problems.extend(f"semaphore {SHM_DIR}/{name}" for name in sorted(semaphores))
+    problems.extend(
+        f"semaphore {SHM_DIR}/{name} (appeared during "
+        f"{_semaphore_origin.get(name, 'the session end')})"
+        for name in sorted(semaphores)
+    )
     problems.extend(f"resource-tracker file {name}" for name in sorted(files))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if notes:
+        message = "\nleak check: removed by the resource tracker:\n  " + "\n  ".join(
+            notes
+        )
+        if reporter is not None:
+            reporter.write_line(message, yellow=True)
+        else:
+            print(message, file=sys.stderr)
     if problems:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = "leak check: the test session left behind:\n  " + "\n  ".join(
+        message = "\nleak check: the test session left behind:\n  " + "\n  ".join(
             problems
         )
         if reporter is not None:
