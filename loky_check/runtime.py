@@ -28,10 +28,12 @@ Cost model (clean calls must stay cheap):
 
 from __future__ import annotations
 
+import collections
 import copyreg
 import dataclasses
 import functools
 import io
+import itertools
 import logging
 import os
 import pickle
@@ -40,7 +42,7 @@ import sys
 import threading
 import types
 import warnings
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 from .report import Finding, Report
@@ -917,10 +919,12 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
             arguments += engine.bind_arguments(fn, call_args, call_kwargs)
     findings = []
     for (module, name), (stand_in, error) in missing.items():
-        holder = next(
-            (a for a in arguments if _refers_to(a.value, stand_in)),
-            engine.Argument("call", None, "call", None),
-        )
+        holder, path = engine.Argument("call", None, "call", None), "call"
+        for argument in arguments:
+            found = _path_to(argument.value, stand_in, argument.root)
+            if found is not None:
+                holder, path = argument, found
+                break
         main_ref = module in ("__main__", "__mp_main__")
         category = taxonomy.categorize(
             None, definition=stand_in, exc=error, main_ref=main_ref, stage="load"
@@ -933,7 +937,7 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
         texts = taxonomy.texts(
             category,
             remedy,
-            path=holder.root,
+            path=path,
             type_name=f"{module}.{name}",
             definition=stand_in,
             exc=error,
@@ -945,7 +949,7 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
                 stage="load",
                 argument=holder.argument,
                 parameter=holder.parameter,
-                path=holder.root,
+                path=path,
                 type=f"{module}.{name}",
                 category=category,
                 remedy=remedy,
@@ -1016,21 +1020,58 @@ def _load_error_report(exc: BaseException, taxonomy) -> Report:
     )
 
 
-def _refers_to(value: Any, stand_in: type, depth: int = 3) -> bool:
-    """Shallow search: is the stand-in (or an instance of it) in ``value``?"""
-    if value is stand_in or isinstance(value, stand_in):
-        return True
-    if depth == 0:
-        return False
+def _path_to(value: Any, stand_in: type, path: str) -> str | None:
+    """Path (the engine's grammar) from ``value`` to the stand-in class or an
+    instance of it, or None. Only what the unpickler just built is walked, in
+    a bounded breadth-first search: plain containers, ``partial``, instance
+    dicts and the closure cells and globals of functions; no user code runs."""
+    queue = collections.deque([(value, path, 0)])
+    seen: set[int] = set()
+    budget = 10_000
+    while queue and budget > 0:
+        value, path, depth = queue.popleft()
+        budget -= 1
+        if value is stand_in or isinstance(value, stand_in):
+            return path
+        if depth == 8 or id(value) in seen:
+            continue
+        seen.add(id(value))
+        queue.extend(
+            (child, path + step, depth + 1)
+            for step, child in itertools.islice(_children(value), 100)
+        )
+    return None
+
+
+def _children(value: Any) -> Iterator[tuple[str, Any]]:
+    """``(path step, child)`` pairs of what a pickle of ``value`` holds."""
     if isinstance(value, functools.partial):
-        children = [value.func, *value.args, *(value.keywords or {}).values()]
+        yield ".func", value.func
+        yield from ((f".args[{i}]", v) for i, v in enumerate(value.args))
+        yield from ((f".keywords[{k!r}]", v) for k, v in value.keywords.items())
     elif isinstance(value, dict):
-        children = list(value.values())
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        children = list(value)
+        yield from ((f"[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        yield from ((f"[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, (set, frozenset)):
+        yield from ((f".<item {i}>", v) for i, v in enumerate(value))
+    elif isinstance(value, types.FunctionType):
+        cells = value.__closure__ or ()
+        for name, cell in zip(value.__code__.co_freevars, cells, strict=False):
+            try:
+                yield f".<closure {name}>", cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+        for name in value.__code__.co_names:
+            if name in value.__globals__:
+                yield f".<global {name}>", value.__globals__[name]
     else:
-        children = list(getattr(value, "__dict__", {}).values())
-    return any(_refers_to(child, stand_in, depth - 1) for child in children[:100])
+        try:
+            state = object.__getattribute__(value, "__dict__")
+        except AttributeError:
+            return
+        if isinstance(state, dict):
+            yield from ((f".{k}", v) for k, v in state.items())
 
 
 def _add_note(exc: BaseException, note: str) -> None:

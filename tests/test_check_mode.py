@@ -37,6 +37,11 @@ def identity(x):
     return x
 
 
+class Holder:
+    def __init__(self, value):
+        self.value = value
+
+
 def call_it(fn, *args):
     return fn(*args)
 
@@ -455,6 +460,34 @@ def test_task_that_fails_to_load_carries_the_diagnosis(pickler):
     assert "phantom_tasks_for_check_mode.work" in notes and "fn" in notes
     # the pool survives a task that does not load
     assert executor.submit(add, 1, y=1).result(timeout=60) == 2
+
+
+@pytest.mark.parametrize(
+    "build, path",
+    [
+        (lambda thing: ({"jobs": [1, thing]},), "x['jobs'][1]"),
+        (lambda thing: (functools.partial(identity, y=thing),), "x.keywords['y']"),
+        (lambda thing: ([Holder(thing)],), "x[0].value"),
+    ],
+    ids=["dict-list", "partial", "attribute"],
+)
+def test_task_that_fails_to_load_names_the_nested_path(pickler, build, path):
+    # An instance of a class the workers cannot import, deep in an argument.
+    module = types.ModuleType("phantom_things_for_check_mode")
+    module.__file__ = "/nonexistent/phantom_things_for_check_mode.py"
+    exec("class Thing:\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        executor = executor_for("warn")
+        future, _ = recorded(executor.submit, identity, *build(module.Thing()))
+        with pytest.raises(Exception) as info:
+            future.result(timeout=60)
+    finally:
+        del sys.modules[module.__name__]
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "cannot be loaded in the worker" in notes
+    assert f"   {path}\n" in notes, notes
+    assert "phantom_things_for_check_mode.Thing" in notes
 
 
 # ---------------------------------------------------------------------------
