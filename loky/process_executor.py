@@ -945,6 +945,16 @@ class _ExecutorManagerThread(threading.Thread):
         mode = executor._pickle_check
         self.pickle_check = None if mode == "off" else mode
         self.recycling_warned = False
+        # To restore the pool's strength once the executor is shut down or
+        # collected (queued work is still owed, see _process_worker_exit).
+        self.max_workers = executor._max_workers
+        self.worker_spawn_args = {
+            "context": executor._context,
+            "initializer": executor._initializer,
+            "initargs": executor._initargs,
+            "timeout": executor._timeout,
+            "env": executor._env,
+        }
         self._waiter = _ReadyWaiter()
         super().__init__(name="ExecutorManagerThread")
 
@@ -1120,13 +1130,31 @@ class _ExecutorManagerThread(threading.Thread):
 
         if not work_was_waiting:
             return
-        executor = self.executor_reference()
-        if executor is None or self.executor_flags.shutdown:
+        flags = self.executor_flags
+        # A shut-down or collected executor still owes its queued work (only
+        # kill_workers or a broken pool drops it): restore its strength too,
+        # else that work would wait for ever (and so would interpreter exit).
+        if flags.broken is not None or flags.kill_workers:
             return
-        if len(self.processes) >= executor._max_workers:
+        executor = self.executor_reference()
+        if executor is not None:
+            self.max_workers = executor._max_workers
+        if len(self.processes) >= self.max_workers:
             return
         with self.processes_management_lock:
-            executor._adjust_process_count()
+            if executor is not None and executor._call_queue is not None:
+                executor._adjust_process_count()
+            else:
+                # shutdown() dropped the executor's queue references: spawn
+                # with the manager's own.
+                _spawn_workers(
+                    self.processes,
+                    self.max_workers,
+                    call_queue=self.call_queue,
+                    result_queue=self.result_queue,
+                    processes_management_lock=self.processes_management_lock,
+                    **self.worker_spawn_args,
+                )
         executor = None
         # Warn only once the pool is back to strength: with warnings turned
         # into errors, this raise must not cost a worker.
@@ -1320,6 +1348,45 @@ def _make_pickle_checker(mode, executor):
     return SubmitChecker(mode, job_reducers=executor._job_reducers)
 
 
+def _spawn_workers(
+    processes,
+    max_workers,
+    *,
+    context,
+    call_queue,
+    result_queue,
+    initializer,
+    initargs,
+    processes_management_lock,
+    timeout,
+    env,
+):
+    """Start workers until ``processes`` (pid -> process) holds ``max_workers``
+    (caller holds the management lock)."""
+    while len(processes) < max_workers:
+        worker_exit_lock = context.BoundedSemaphore(1)
+        worker_exit_lock.acquire()
+        args = (
+            call_queue,
+            result_queue,
+            initializer,
+            initargs,
+            processes_management_lock,
+            timeout,
+            worker_exit_lock,
+            _CURRENT_DEPTH + 1,
+        )
+        try:
+            p = context.Process(target=_process_worker, args=args, env=env)
+        except TypeError:
+            # Stdlib contexts and LokyInitMainProcess take no env.
+            p = context.Process(target=_process_worker, args=args)
+        p._worker_exit_lock = worker_exit_lock
+        p.start()
+        processes[p.pid] = p
+    mp_util.debug(f"Adjusted process count to {max_workers}: {list(processes)}")
+
+
 def _python_exit():
     """At interpreter exit: let every executor finish its queued work."""
     global _global_shutdown
@@ -1490,31 +1557,17 @@ class ProcessPoolExecutor(Executor):
 
     def _adjust_process_count(self):
         """Spawn workers up to ``_max_workers`` (caller holds the management lock)."""
-        while len(self._processes) < self._max_workers:
-            worker_exit_lock = self._context.BoundedSemaphore(1)
-            worker_exit_lock.acquire()
-            args = (
-                self._call_queue,
-                self._result_queue,
-                self._initializer,
-                self._initargs,
-                self._processes_management_lock,
-                self._timeout,
-                worker_exit_lock,
-                _CURRENT_DEPTH + 1,
-            )
-            try:
-                p = self._context.Process(
-                    target=_process_worker, args=args, env=self._env
-                )
-            except TypeError:
-                # Stdlib contexts and LokyInitMainProcess take no env.
-                p = self._context.Process(target=_process_worker, args=args)
-            p._worker_exit_lock = worker_exit_lock
-            p.start()
-            self._processes[p.pid] = p
-        mp_util.debug(
-            f"Adjusted process count to {self._max_workers}: {list(self._processes)}"
+        _spawn_workers(
+            self._processes,
+            self._max_workers,
+            context=self._context,
+            call_queue=self._call_queue,
+            result_queue=self._result_queue,
+            initializer=self._initializer,
+            initargs=self._initargs,
+            processes_management_lock=self._processes_management_lock,
+            timeout=self._timeout,
+            env=self._env,
         )
 
     def _ensure_executor_running(self):
