@@ -232,7 +232,16 @@ def _run_calls(fn: Any, calls: list[Call], per_call: list[Any], report: Any) -> 
         # the call cannot reach a worker, so there is nothing to run.
         if any(f.severity == "error" for f in call_report.findings):
             continue
-        report = report.merge(check_return_value(fn, call.args, call.kwargs))
+        try:
+            returned = check_return_value(fn, call.args, call.kwargs)
+        except SystemExit as exc:
+            # The call's own sys.exit() came back from the worker: it must not
+            # end loky-check with the call's exit status and no report.
+            raise UsageError(
+                f"--run: {call.label} called sys.exit({exc.code!r}) in the worker; "
+                "nothing came back to check"
+            ) from None
+        report = report.merge(returned)
     return report
 
 

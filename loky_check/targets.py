@@ -429,6 +429,9 @@ def resolve_callable(text: str) -> tuple[Reference, Any]:
 # -- argument factories (--args-from) ---------------------------------------
 
 _SHAPE = "an (args, kwargs) pair or an iterable of such pairs"
+# More calls than this from one factory is almost surely an endless iterator:
+# refuse it rather than hang (a real deployment's calls can be sampled).
+MAX_CALLS = 10_000
 
 
 def _is_pair(value: Any) -> bool:
@@ -480,16 +483,23 @@ def load_calls(text: str) -> list[Call]:
     try:
         produced = factory()
         if _is_pair(produced):
-            return [_as_call(produced, "its result", text)]
+            call = _as_call(produced, "its result", text)
+            call.label = f"the call from {text}"
+            return [call]
         if isinstance(produced, (str, bytes, Mapping)) or not isinstance(
             produced, Iterable
         ):
             raise TargetError(
                 f"factory {text!r} must return {_SHAPE}; got {_shape_of(produced)}"
             )
-        calls = [
-            _as_call(item, f"item {index}", text) for index, item in enumerate(produced)
-        ]
+        calls = []
+        for index, item in enumerate(produced):
+            if index == MAX_CALLS:
+                raise TargetError(
+                    f"factory {text!r} produced more than {MAX_CALLS} calls (an endless "
+                    "iterator?); return a finite sample of the deployment's calls"
+                )
+            calls.append(_as_call(item, f"item {index}", text))
     except TargetError:
         raise
     except SystemExit as exc:

@@ -1,0 +1,77 @@
+"""Audit of the front ends (loky-check, check mode, reducer tests, pytest
+plugin): regressions for what a user could hit that the other suites missed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import _helpers
+import pytest
+
+
+def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return _helpers.run_cli(*argv, cwd=cwd, timeout=90)
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess, *fragments: str):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("loky-check: error: "), line
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audit_frontends")
+    files = {
+        "app/__init__.py": "",
+        "app/work.py": """
+            import sys
+
+            def work(x):
+                return x
+
+            def leaves(x):
+                sys.exit(4)
+            """,
+        "app/calls.py": """
+            def endless():
+                while True:
+                    yield ((1,), {})
+
+            def one():
+                return ((1,), {})
+
+            def two_args():
+                return ((1, 2), {})
+            """,
+    }
+    return _helpers.write_files(root, files)
+
+
+def test_endless_factory_is_refused_instead_of_hanging(project):
+    result = run_cli("app.work:work", "--args-from", "app.calls:endless", cwd=project)
+    assert_one_line_exit_2(
+        result, "factory 'app.calls:endless' produced more than", "endless iterator"
+    )
+
+
+def test_sys_exit_in_the_called_function_under_run_is_one_line_exit_2(project):
+    result = run_cli(
+        "app.work:leaves", "--args-from", "app.calls:one", "--run", cwd=project
+    )
+    # not the call's own exit status (4) with no report
+    assert_one_line_exit_2(
+        result, "--run: the call from app.calls:one called sys.exit(4) in the worker"
+    )
+
+
+def test_single_pair_factory_is_named_as_the_call_in_messages(project):
+    result = run_cli("app.work:work", "--args-from", "app.calls:two_args", cwd=project)
+    assert_one_line_exit_2(
+        result, "the call from app.calls:two_args does not fit app.work:work(x)"
+    )
