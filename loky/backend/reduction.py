@@ -162,19 +162,26 @@ def _make_loky_pickler(base: type, by_value: bool) -> type:
     """Build the loky pickler class deriving from ``base`` (§9.3)."""
     base_table = _class_level_table(base)
     member = _find_member_descriptor(base)
-    cache: dict[str, Any] = {"key": None, "table": None}
+    cache: dict[str, Any] = {"snapshots": None, "table": None}
 
     source = copyreg.dispatch_table if base_table is None else base_table
-    # Sizes of the underlying dicts (cheap to read) detect copyreg.pickle() and
-    # similar additions made after the cache was filled.
+    # The merged table is cached (copying a ChainMap is slow) and rebuilt when
+    # any underlying dict changed since: additions, removals and replaced
+    # reducers (copyreg.pickle() of an already registered type, a direct write
+    # to _dispatch_table) alike. Comparing plain dicts is cheap (C-level, the
+    # reducers compare by identity).
     source_maps = list(source.maps) if isinstance(source, ChainMap) else [source]
+    watched = [*source_maps, _dispatch_table]
 
     def _merged_table() -> dict:
-        key = (_dispatch_table_version, len(_dispatch_table), *map(len, source_maps))
-        if cache["key"] != key:
+        snapshots = cache["snapshots"]
+        if snapshots is None or not all(
+            live == snap for live, snap in zip(watched, snapshots, strict=True)
+        ):
             merged = dict(source)
             merged.update(_dispatch_table)
-            cache["table"], cache["key"] = merged, key
+            cache["table"] = merged
+            cache["snapshots"] = [dict(m) for m in watched]
         return cache["table"]
 
     def __init__(self, writer, reducers=None, protocol=HIGHEST_PROTOCOL):
@@ -237,6 +244,14 @@ def _add_suffix(exc: BaseException, name: str) -> None:
         pass
 
 
+class _InvalidPicklerError(TypeError, AttributeError):
+    """``set_loky_pickler`` got neither a module name nor a pickler class.
+
+    A TypeError, and also an AttributeError as upstream raises for such values
+    (``import_module`` fails on them), with the same suffix.
+    """
+
+
 def set_loky_pickler(loky_pickler: str | type | None = None) -> None:
     """Choose the serializer loky uses for inter-process communication.
 
@@ -248,14 +263,15 @@ def set_loky_pickler(loky_pickler: str | type | None = None) -> None:
 
     if loky_pickler is None:
         loky_pickler = ENV_LOKY_PICKLER
-    if not loky_pickler:
+    if loky_pickler is None or (isinstance(loky_pickler, str) and not loky_pickler):
         loky_pickler = "cloudpickle"
 
     if isinstance(loky_pickler, type):
         if not hasattr(loky_pickler, "dump"):
-            raise TypeError(
+            raise _InvalidPicklerError(
                 "set_loky_pickler expects a module name or a pickler class with a "
                 f"dump() method, got the class {loky_pickler!r}"
+                + _SUFFIX.format(loky_pickler)
             )
         name = _class_pickler_name(loky_pickler)
         if _LokyPickler is not None and _LokyPickler.__bases__[0] is loky_pickler:
@@ -278,9 +294,9 @@ def set_loky_pickler(loky_pickler: str | type | None = None) -> None:
             base = _base_from_module_name(name)
             by_value = False
     else:
-        raise TypeError(
+        raise _InvalidPicklerError(
             "set_loky_pickler expects a module name (str), a pickler class or None, "
-            f"got {loky_pickler!r}"
+            f"got {loky_pickler!r}" + _SUFFIX.format(loky_pickler)
         )
 
     _LokyPickler = _make_loky_pickler(base, by_value and _DEFAULT_PICKLER != "pickle")

@@ -1,0 +1,82 @@
+"""Audit regressions: serialisation, queues, synchronisation, resource tracker."""
+
+from __future__ import annotations
+
+import copyreg
+
+import pytest
+
+from loky.backend import reduction
+
+SUFFIX = (
+    "\nThis error occurred while setting loky_pickler to '{}', as required by the "
+    "env variable LOKY_PICKLER or the function set_loky_pickler."
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_pickler():
+    name = reduction.get_loky_pickler_name()
+    table = dict(reduction._dispatch_table)
+    yield
+    reduction.set_loky_pickler(None)
+    if name != reduction.get_loky_pickler_name():
+        reduction.set_loky_pickler(name)
+    reduction._dispatch_table.clear()
+    reduction._dispatch_table.update(table)
+
+
+class Replaced:
+    pass
+
+
+def _to_one(obj):
+    return str, ("one",)
+
+
+def _to_two(obj):
+    return str, ("two",)
+
+
+# --- §9.3: every new pickler copies the *current* tables -------------------------
+
+
+@pytest.mark.parametrize("name", ["cloudpickle", "pickle"])
+def test_replaced_copyreg_reducer_is_seen(name):
+    # copyreg.pickle() of an already registered type keeps the table's size:
+    # a size-keyed cache of the merged table missed the new reducer.
+    reduction.set_loky_pickler(name)
+    copyreg.pickle(Replaced, _to_one)
+    try:
+        assert reduction.loads(reduction.dumps(Replaced())) == "one"
+        copyreg.pickle(Replaced, _to_two)
+        assert reduction.loads(reduction.dumps(Replaced())) == "two"
+    finally:
+        del copyreg.dispatch_table[Replaced]
+    assert isinstance(reduction.loads(reduction.dumps(Replaced())), Replaced)
+
+
+@pytest.mark.parametrize("name", ["cloudpickle", "pickle"])
+def test_direct_write_to_module_table_is_seen(name):
+    reduction.set_loky_pickler(name)
+    reduction.register(Replaced, _to_one)
+    assert reduction.loads(reduction.dumps(Replaced())) == "one"
+    reduction._dispatch_table[Replaced] = _to_two
+    assert reduction.loads(reduction.dumps(Replaced())) == "two"
+
+
+# --- §9.2: values that are neither a module name nor a pickler class --------------
+
+
+@pytest.mark.parametrize("value", [42, 3.5, False, 0, int])
+def test_invalid_pickler_values_raise_like_upstream(value):
+    # Upstream hands such values to import_module, which fails with an
+    # AttributeError carrying the suffix; we raise an error that is both a
+    # TypeError and an AttributeError, with the same suffix.
+    before = reduction.get_loky_pickler()
+    with pytest.raises(AttributeError) as info:
+        reduction.set_loky_pickler(value)
+    assert isinstance(info.value, TypeError)
+    assert info.value.args[0].endswith(SUFFIX.format(value))
+    assert reduction.get_loky_pickler() is before
+    assert reduction.get_loky_pickler_name() == "cloudpickle"
