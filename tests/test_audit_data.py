@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copyreg
+import os
+import sys
 
 import pytest
 
@@ -80,3 +82,44 @@ def test_invalid_pickler_values_raise_like_upstream(value):
     assert info.value.args[0].endswith(SUFFIX.format(value))
     assert reduction.get_loky_pickler() is before
     assert reduction.get_loky_pickler_name() == "cloudpickle"
+
+
+# --- §13.1 wire format: the 255-byte limit is on the name ------------------------
+
+
+def test_json_names_up_to_255_bytes_are_accepted():
+    from loky.backend import resource_tracker as rt
+
+    for name in ("n\n" + "x" * 253, "\n" + "é" * 127):
+        assert len(name.encode()) == 255
+        msg = rt._encode_message("MAYBE_UNLINK", name, "semlock")
+        assert msg.startswith(b"{") and len(msg) <= 512
+        assert rt._decode_message(msg) == ("MAYBE_UNLINK", "semlock", name)
+    with pytest.raises(ValueError):
+        rt._encode_message("REGISTER", "n\n" + "x" * 254, "file")
+
+
+@pytest.mark.parametrize("simple", [True, False])
+def test_undecodable_path_names_round_trip(simple):
+    from loky.backend import resource_tracker as rt
+
+    name = os.fsdecode(b"/tmp/leak-\xff\xfe")
+    msg = rt._encode_message("REGISTER", name, "file", simple)
+    assert rt._decode_message(msg) == ("REGISTER", "file", name)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names")
+def test_tracker_cleans_a_file_with_an_undecodable_name(tmp_path, capfd):
+    from loky.backend import resource_tracker as rt
+
+    path = os.path.join(os.fsencode(tmp_path), b"leak-\xff")
+    with open(path, "wb"):
+        pass
+    tracker = rt.ResourceTracker()
+    try:
+        tracker.register(os.fsdecode(path), "file")
+    finally:
+        tracker._stop()
+    assert not os.path.exists(path)
+    assert tracker._exitcode == 1  # reported as a leak, and cleaned
+    assert "leaked file objects" in capfd.readouterr().err

@@ -40,7 +40,7 @@ VERBOSE = False
 
 # POSIX guarantees that writes of at most PIPE_BUF (>= 512) bytes are atomic.
 _MAX_MESSAGE_SIZE = 512
-_MAX_BASE64_NAME_SIZE = 255
+_MAX_NAME_SIZE = 255
 
 
 def _noop_cleanup(name):
@@ -71,11 +71,17 @@ class ReentrantCallError(RuntimeError):
 
 def _encode_message(cmd: str, name: str, rtype: str, simple: bool = True) -> bytes:
     if simple and "\n" not in name:
-        msg = f"{cmd}:{name}:{rtype}\n".encode()
+        # surrogateescape: undecodable bytes of a path (os.fsdecode) round-trip.
+        msg = f"{cmd}:{name}:{rtype}\n".encode("utf-8", "surrogateescape")
     else:
-        encoded = base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii")
-        if len(encoded) > _MAX_BASE64_NAME_SIZE:
-            raise ValueError(f"shared memory name too long: {name!r}")
+        raw = name.encode("utf-8", "surrogateescape")
+        # The limit is on the name itself (NAME_MAX): its base64 form (at most
+        # 340 characters) still fits a 512-byte message.
+        if len(raw) > _MAX_NAME_SIZE:
+            raise ValueError(
+                f"shared memory name too long (max {_MAX_NAME_SIZE} bytes): {name!r}"
+            )
+        encoded = base64.urlsafe_b64encode(raw).decode("ascii")
         payload = {"cmd": cmd, "rtype": rtype, "base64_name": encoded}
         msg = (json.dumps(payload, separators=(",", ":")) + "\n").encode("ascii")
     if len(msg) > _MAX_MESSAGE_SIZE:
@@ -86,11 +92,13 @@ def _encode_message(cmd: str, name: str, rtype: str, simple: bool = True) -> byt
 def _decode_message(line) -> tuple[str, str, str]:
     """Parse one wire line into ``(cmd, rtype, name)``."""
     if isinstance(line, (bytes, bytearray)):
-        line = line.decode("utf-8")
+        line = line.decode("utf-8", "surrogateescape")
     line = line.rstrip("\n")
     if line.startswith("{"):
         payload = json.loads(line)
-        name = base64.urlsafe_b64decode(payload["base64_name"]).decode("utf-8")
+        name = base64.urlsafe_b64decode(payload["base64_name"]).decode(
+            "utf-8", "surrogateescape"
+        )
         return payload["cmd"], payload["rtype"], name
     # Names may contain ':' (Windows paths): the command ends at the first one,
     # the resource type starts after the last one.
