@@ -655,10 +655,44 @@ def _check_entry(
     result.ok = False
     result.shrunk = shrunk
     result.example = example
-    result.counterexample = short_repr(example, _COUNTEREXAMPLE_LIMIT)
+    result.counterexample = _example_repr(example)
     result.difference = outcome.detail
     result.stage = outcome.stage
     return result
+
+
+def _example_repr(example: Any) -> str:
+    """The counterexample as the user would write it.
+
+    A class without its own ``__repr__`` prints as ``<app.C object at 0x...>``,
+    which says nothing about the failing values: show ``C(v=1)`` from the
+    instance's state instead (``__dict__`` and slots only, no property read).
+    """
+    kind = type(example)
+    if getattr(kind, "__repr__", None) is object.__repr__:
+        state: dict[str, Any] = {}
+        try:
+            for klass in reversed(kind.__mro__):
+                slots = klass.__dict__.get("__slots__", ())
+                for name in (slots,) if isinstance(slots, str) else slots:
+                    if name in ("__dict__", "__weakref__"):
+                        continue
+                    try:
+                        state[name] = object.__getattribute__(example, name)
+                    except AttributeError:
+                        continue
+            state.update(object.__getattribute__(example, "__dict__"))
+        except (AttributeError, TypeError):
+            pass
+        if state:
+            fields = ", ".join(
+                f"{name}={short_repr(value)}" for name, value in state.items()
+            )
+            text = f"{kind.__qualname__}({fields})"
+            if len(text) > _COUNTEREXAMPLE_LIMIT:
+                text = text[: _COUNTEREXAMPLE_LIMIT - 3] + "..."
+            return text
+    return short_repr(example, _COUNTEREXAMPLE_LIMIT)
 
 
 def _result_for(entry: ReducerEntry) -> ReducerResult:

@@ -75,3 +75,49 @@ def test_single_pair_factory_is_named_as_the_call_in_messages(project):
     assert_one_line_exit_2(
         result, "the call from app.calls:two_args does not fit app.work:work(x)"
     )
+
+
+# -- reducer round-trip tests ------------------------------------------------------
+
+
+class PlainCounter:
+    """No __repr__ of its own: the counterexample must still show its values."""
+
+    def __init__(self, count: int, name: str):
+        self.count = count
+        self.name = name
+
+
+class SlottedCounter:
+    __slots__ = ("count",)
+
+    def __init__(self, count: int):
+        self.count = count
+
+
+def _reduce_plain_dropping_count(obj):
+    return PlainCounter, (0, obj.name)
+
+
+def _reduce_slotted_dropping_count(obj):
+    return SlottedCounter, (0,)
+
+
+def test_counterexample_of_a_class_without_repr_shows_its_state():
+    from loky import ProcessPoolExecutor
+    from loky_check import check_reducers
+
+    reducers = {
+        PlainCounter: _reduce_plain_dropping_count,
+        SlottedCounter: _reduce_slotted_dropping_count,
+    }
+    with ProcessPoolExecutor(max_workers=1, job_reducers=reducers) as pool:
+        plain, slotted = check_reducers(
+            [PlainCounter, SlottedCounter], max_examples=20, executor=pool
+        )
+    assert not plain.ok and not slotted.ok
+    # hypothesis shrinks to the smallest count the reducer loses
+    assert plain.counterexample == "PlainCounter(count=1, name='')"
+    assert plain.difference == ".count: 1 != 0"
+    assert slotted.counterexample == "SlottedCounter(count=1)"
+    assert " object at 0x" not in str(plain)
