@@ -123,3 +123,24 @@ def test_tracker_cleans_a_file_with_an_undecodable_name(tmp_path, capfd):
     assert not os.path.exists(path)
     assert tracker._exitcode == 1  # reported as a leak, and cleaned
     assert "leaked file objects" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["cloudpickle", "pickle"])
+def test_tables_generation_tracks_every_table_change(name):
+    # For callers reusing one pickler instance (the worker's result pipe):
+    # the number changes exactly when a new instance would get another table.
+    reduction.set_loky_pickler(name)
+    cls = reduction.get_loky_pickler()
+    start = cls._tables_generation()
+    assert cls._tables_generation() == start
+    copyreg.pickle(Replaced, _to_one)
+    try:
+        after_add = cls._tables_generation()
+        assert after_add != start
+        copyreg.pickle(Replaced, _to_two)  # same size, new reducer
+        after_replace = cls._tables_generation()
+        assert after_replace != after_add
+        reduction.register(Replaced, _to_one)
+        assert cls._tables_generation() != after_replace
+    finally:
+        del copyreg.dispatch_table[Replaced]

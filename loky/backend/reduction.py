@@ -162,7 +162,7 @@ def _make_loky_pickler(base: type, by_value: bool) -> type:
     """Build the loky pickler class deriving from ``base`` (§9.3)."""
     base_table = _class_level_table(base)
     member = _find_member_descriptor(base)
-    cache: dict[str, Any] = {"snapshots": None, "table": None}
+    cache: dict[str, Any] = {"snapshots": None, "table": None, "generation": 0}
 
     source = copyreg.dispatch_table if base_table is None else base_table
     # The merged table is cached (copying a ChainMap is slow) and rebuilt when
@@ -182,7 +182,18 @@ def _make_loky_pickler(base: type, by_value: bool) -> type:
             merged.update(_dispatch_table)
             cache["table"] = merged
             cache["snapshots"] = [dict(m) for m in watched]
+            cache["generation"] += 1
         return cache["table"]
+
+    def _tables_generation() -> int:
+        """A number that changes whenever a new instance would get another table.
+
+        Lets a long-lived instance (the worker's result pipe reuses one) know
+        when to make a new one: register(), copyreg.pickle() and replaced
+        reducers all count.
+        """
+        _merged_table()
+        return cache["generation"]
 
     def __init__(self, writer, reducers=None, protocol=HIGHEST_PROTOCOL):
         base.__init__(self, writer, protocol=protocol)
@@ -207,6 +218,7 @@ def _make_loky_pickler(base: type, by_value: bool) -> type:
     namespace = {
         "__init__": __init__,
         "register": register,
+        "_tables_generation": staticmethod(_tables_generation),
         "__module__": __name__,
         "__doc__": f"loky pickler based on {base.__module__}.{base.__qualname__}.",
     }
