@@ -144,3 +144,30 @@ def test_tables_generation_tracks_every_table_change(name):
         assert cls._tables_generation() != after_replace
     finally:
         del copyreg.dispatch_table[Replaced]
+
+
+def test_ensure_running_probes_after_a_fresh_launch():
+    # §13.1: without an fd, launch then write (PROBE:0:noop when only ensuring
+    # it runs); with a live fd, ensure_running writes the probe only.
+    from loky.backend import resource_tracker as rt
+
+    tracker = rt.ResourceTracker()
+    written = []
+    real_write = tracker._write
+
+    def recording_write(msg):
+        written.append(msg)
+        real_write(msg)
+
+    tracker._write = recording_write
+    try:
+        tracker.ensure_running()
+        assert written == [b"PROBE:0:noop\n"]
+        tracker.ensure_running()
+        tracker.register("/not-a-real-name", "dummy")
+        assert written == [b"PROBE:0:noop\n"] * 2 + [
+            b"REGISTER:/not-a-real-name:dummy\n"
+        ]
+    finally:
+        tracker._stop()
+    assert tracker._exitcode == 0

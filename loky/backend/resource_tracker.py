@@ -179,6 +179,9 @@ class ResourceTracker:
                     msg = None
                 else:
                     self._launch()
+                    if msg is None:
+                        # Only ensuring it runs: the probe is the message.
+                        msg = b"PROBE:0:noop\n"
                 while self._reentrant_messages:
                     self._write(self._reentrant_messages.popleft())
                 if msg is not None:
