@@ -23,6 +23,7 @@ Every failure is a :class:`TargetError` whose message is one line.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -629,6 +630,36 @@ def _reason(exc: BaseException) -> str:
     return f"hypothesis cannot build it ({taxonomy.describe_exception(exc, limit=120)})"
 
 
+def _type_hints(fn: Any) -> dict[str, Any]:
+    """The hints of the parameters ``inspect.signature(fn)`` shows.
+
+    ``typing.get_type_hints`` only takes functions, classes and modules: a
+    ``functools.partial`` is read through its function, a class through its
+    ``__init__`` (its own annotations, e.g. dataclass fields, as a fallback) and
+    a callable instance through its class's ``__call__``.
+    """
+    import functools
+    import inspect
+    import typing
+
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, type):
+        hints = {}
+        with contextlib.suppress(Exception):
+            hints.update(typing.get_type_hints(fn))
+        init = fn.__dict__.get("__init__") or getattr(fn, "__init__", None)
+        if isinstance(init, types.FunctionType):
+            hints.update(typing.get_type_hints(init))
+        hints.pop("return", None)
+        return hints
+    if not isinstance(fn, (types.FunctionType, types.MethodType, types.ModuleType)):
+        call = inspect.getattr_static(type(fn), "__call__", None)
+        if isinstance(call, types.FunctionType):
+            return typing.get_type_hints(call)
+    return typing.get_type_hints(fn)
+
+
 def example_calls(
     fn: Any, count: int, target: str, *, owner: type | None = None
 ) -> list[Call]:
@@ -639,7 +670,6 @@ def example_calls(
     ``loky_check.register_strategy`` wins over ``st.from_type``.
     """
     import inspect
-    import typing
 
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
@@ -651,7 +681,7 @@ def example_calls(
             f"cannot read the signature of {target} for --examples: {exc}"
         ) from None
     try:
-        hints = typing.get_type_hints(fn)
+        hints = _type_hints(fn)
     except Exception as exc:
         raise TargetError(
             f"cannot evaluate the type hints of {target} for --examples: {describe_exception(exc)}"

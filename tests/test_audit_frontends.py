@@ -38,6 +38,24 @@ def project(tmp_path_factory) -> Path:
             def leaves(x):
                 sys.exit(4)
             """,
+        "app/shapes.py": """
+            import functools
+
+            class Job:
+                def __init__(self, n: int, name: str = "job"):
+                    self.n = n
+
+            class Scaler:
+                def __call__(self, x: int) -> int:
+                    return x * 2
+
+            scale = Scaler()
+
+            def add(a: int, b: int) -> int:
+                return a + b
+
+            add_one = functools.partial(add, 1)
+            """,
         "app/calls.py": """
             def endless():
                 while True:
@@ -75,6 +93,18 @@ def test_single_pair_factory_is_named_as_the_call_in_messages(project):
     assert_one_line_exit_2(
         result, "the call from app.calls:two_args does not fit app.work:work(x)"
     )
+
+
+@pytest.mark.parametrize(
+    "target", ["app.shapes:Job", "app.shapes:scale", "app.shapes:add_one"]
+)
+def test_examples_read_hints_of_init_call_and_partial(project, target):
+    """A class's hints are on its __init__, a callable instance's on its
+    __call__ and a partial's on its function: typing.get_type_hints refuses
+    the last two outright."""
+    result = run_cli(target, "--examples", "3", "--run", cwd=project)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "fn and 3 calls" in result.stdout
 
 
 # -- reducer round-trip tests ------------------------------------------------------
