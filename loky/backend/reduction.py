@@ -174,10 +174,8 @@ def _make_loky_pickler(base: type, by_value: bool) -> type:
     watched = [*source_maps, _dispatch_table]
 
     def _merged_table() -> dict:
-        snapshots = cache["snapshots"]
-        if snapshots is None or not all(
-            live == snap for live, snap in zip(watched, snapshots, strict=True)
-        ):
+        # List equality compares the dicts pairwise in C (no generator).
+        if watched != cache["snapshots"]:
             merged = dict(source)
             merged.update(_dispatch_table)
             cache["table"] = merged
