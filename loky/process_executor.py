@@ -44,8 +44,8 @@ manager only references weakly.
 A task's life: submit stores a _WorkItem and, when a worker slot is free,
 puts its call tuple on the call queue itself (else the manager does it when a
 result frees a slot); the feeder pickles it into the pipe; a worker runs it
-and pickles the (work_id, exception, result) tuple straight into the result
-pipe (so what a worker reported is in the pipe before it can die); the
+and pickles its _ResultItem (work_id, exception, result) straight into the
+result pipe (so what a worker reported is in the pipe before it can die); the
 manager reads it, resolves the future and forgets the task.
 """
 
@@ -586,10 +586,11 @@ def _sendback_result(
     result_queue, work_id, result=None, exception=None, pickle_check=None
 ):
     """Put a result in the result queue; if it cannot be sent, send why instead."""
-    # On the wire a result is a plain (work_id, exception, result) tuple: it
-    # pickles without any class lookup (the manager also accepts _ResultItem).
+    # A _ResultItem, as the contract says (a reader of the result queue, or a
+    # test calling this directly, sees one; the manager also accepts the
+    # plain (work_id, exception, result) tuple).
     try:
-        result_queue.put((work_id, exception, result))
+        result_queue.put(_ResultItem(work_id, exception, result))
     except BaseException as e:
         if pickle_check:
             # The object that failed: the result, or the task's own exception.
@@ -598,14 +599,14 @@ def _sendback_result(
             )
             _annotate_worker_failure(e, culprit, "result")
         try:
-            result_queue.put((work_id, _ExceptionWithTraceback(e), None))
+            result_queue.put(_ResultItem(work_id, _ExceptionWithTraceback(e)))
         except BaseException as e2:
             # Even the pickling error does not pickle (e.g. it holds the
             # object): send a plain stand-in rather than letting the worker die.
             stand_in = PicklingError(f"Could not pickle the result of the task: {e!r}")
             stand_in.__cause__ = None
             result_queue.put(
-                (work_id, _RebuildableError(stand_in, _format_traceback(e2)), None)
+                _ResultItem(work_id, _RebuildableError(stand_in, _format_traceback(e2)))
             )
 
 

@@ -65,3 +65,72 @@ def test_recycled_worker_is_replaced_after_shutdown_or_collection(how):
         for process in list(processes.values()):
             process.kill()
             process.join()
+
+
+# ------------------------------------------------- results are _ResultItems
+class _Unpicklable:
+    def __reduce__(self):
+        raise ValueError("cannot pickle me")
+
+
+def test_sendback_result_puts_result_items():
+    # Spec 5.1: a worker sends _ResultItem(work_id, ...); when the result
+    # cannot be sent, _ResultItem(work_id, exception=_ExceptionWithTraceback).
+    from loky.backend.queues import SimpleQueue
+
+    result_queue = SimpleQueue()
+    try:
+        pe._sendback_result(result_queue, 3, result=[1, 2])
+        pe._sendback_result(result_queue, 4, result=_Unpicklable())
+        pe._sendback_result(
+            result_queue, 5, exception=pe._ExceptionWithTraceback(KeyError("k"))
+        )
+        first, second, third = (result_queue.get() for _ in range(3))
+    finally:
+        result_queue.close()
+    assert isinstance(first, pe._ResultItem)
+    assert (first.work_id, first.exception, first.result) == (3, None, [1, 2])
+    assert isinstance(second, pe._ResultItem)
+    assert second.work_id == 4 and second.result is None
+    assert isinstance(second.exception, ValueError)
+    assert "cannot pickle me" in str(second.exception)
+    assert isinstance(second.exception.__cause__, pe._RemoteTraceback)
+    assert isinstance(third, pe._ResultItem) and third.work_id == 5
+    assert isinstance(third.exception, KeyError)
+
+
+def test_worker_loop_sends_result_items_then_its_pid():
+    # Spec 5.1, run as a real process on queues we read ourselves.
+    from loky.backend import get_context
+    from loky.backend.queues import Queue, SimpleQueue
+
+    ctx = get_context()
+    call_queue = Queue(4, ctx=ctx)
+    result_queue = SimpleQueue(ctx=ctx)
+    management_lock = ctx.Lock()
+    exit_lock = ctx.BoundedSemaphore(1)
+    exit_lock.acquire()
+    call_queue.put(pe._CallItem(7, divmod, (7, 2), {}))
+    call_queue.put(pe._CallItem(8, divmod, (1, 0), {}))
+    call_queue.put(None)
+    args = (call_queue, result_queue, None, (), management_lock, None, exit_lock, 1)
+    worker = ctx.Process(target=pe._process_worker, args=args)
+    worker.start()
+    try:
+        ok, failed, pid = (result_queue.get() for _ in range(3))
+        exit_lock.release()
+        worker.join()
+    finally:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+        call_queue.close()
+        call_queue.join_thread()
+        result_queue.close()
+    assert isinstance(ok, pe._ResultItem) and ok.work_id == 7
+    assert ok.exception is None and ok.result == (3, 1)
+    assert isinstance(failed, pe._ResultItem) and failed.work_id == 8
+    assert isinstance(failed.exception, ZeroDivisionError)
+    assert isinstance(failed.exception.__cause__, pe._RemoteTraceback)
+    assert pid == worker.pid and type(pid) is int
+    assert worker.exitcode == 0
