@@ -95,6 +95,12 @@ class Tester:
         except BaseException as exc:  # noqa: BLE001 - anything a reducer raises
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
+            if not isinstance(exc, RecursionError) and isinstance(
+                exc.__cause__, RecursionError
+            ):
+                # cloudpickle (hence loky's pickler) re-raises a depth overflow
+                # as a PicklingError: it is still a recursion overflow.
+                exc = exc.__cause__
             return Status(False, exc)
         if not self.by_value and references_main(data):
             return Status(True, None, main_ref=True)
@@ -851,7 +857,9 @@ class Walker:
             return
         self._keepalive.append(children)
         if recursion and (
-            len(children) < 2 or node.recursion_run >= _MAX_RECURSION_DESCENT
+            # a one-child link of a self-similar chain: its top is the culprit
+            (len(children) == 1 and type(children[0].obj) is type(obj))
+            or node.recursion_run >= _MAX_RECURSION_DESCENT
         ):
             self._culprit(node, tester)
             return

@@ -1,0 +1,55 @@
+"""Audit regressions for the analysis engine (spec toolkit.md §2, §4, §5, §10)."""
+
+from __future__ import annotations
+
+import pytest
+from _helpers import too_deep_to_pickle
+
+from loky_check import check_call, check_object
+
+
+def target(a, b=None, *rest, kw=None, **opts):
+    """The callable every call is checked against."""
+
+
+def _deep_tuple():
+    value = ()
+    for _ in range(too_deep_to_pickle(3)):
+        value = (value,)
+    return value
+
+
+@pytest.mark.parametrize("pickler", ["pickle", "cloudpickle", "loky"])
+@pytest.mark.parametrize(
+    "build, path",
+    [
+        (lambda d: {d}, "a.<item 0>"),
+        (lambda d: [0, d], "a[1]"),
+        (lambda d: {"k": d}, "a['k']"),
+        (lambda d: lambda: d, "a.<closure d>"),
+    ],
+    ids=["set", "list", "dict", "closure"],
+)
+def test_recursion_is_reported_at_the_deep_value_for_every_pickler(
+    build, path, pickler
+):
+    # cloudpickle re-raises the overflow as a PicklingError: it is still a
+    # recursion finding (not a walk down the whole chain ending in c_extension),
+    # and a one-item container holding the chain is not its top.
+    deep = _deep_tuple()
+    report = check_call(target, (build(deep),), pickler=pickler)
+    [finding] = report.findings
+    assert (finding.path, finding.type, finding.category, finding.severity) == (
+        path,
+        "builtins.tuple",
+        "recursion",
+        "error",
+    ), str(report)
+    assert finding.remedy == "restructure"
+    assert finding.carried_by == {"pickle": False, "cloudpickle": False, "loky": False}
+
+
+def test_a_deep_chain_at_the_top_is_reported_at_the_top():
+    report = check_object(_deep_tuple(), name="a", pickler="cloudpickle")
+    [finding] = report.findings
+    assert (finding.path, finding.category) == ("a", "recursion")
