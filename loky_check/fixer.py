@@ -93,6 +93,23 @@ class FileRewrite:
     new: str
     # (line, "def name") of each decorator added, for the summary.
     added: list[tuple[int, str]] = field(default_factory=list)
+    # The file's source encoding (PEP 263 cookie or BOM): written back in it.
+    encoding: str = "utf-8"
+
+
+def _read_source(path: str) -> tuple[str, str]:
+    """The text of ``path`` decoded as Python does (coding cookie, BOM), with
+    its newlines untouched; and that encoding."""
+    import io
+    import tokenize
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:  # an unknown coding cookie
+        raise UnicodeError(str(exc)) from None
+    return data.decode(encoding), encoding
 
 
 @dataclass
@@ -251,9 +268,8 @@ def _lambda_advice(path: str, line: int, finding: Any) -> str:
 def _lambda_source(path: str, line: int) -> str | None:
     """The text of the only lambda starting on ``line`` of ``path``, or None."""
     try:
-        with open(path, encoding="utf-8") as f:
-            module = cst.parse_module(f.read())
-    except (OSError, UnicodeDecodeError, cst.ParserSyntaxError):
+        module = cst.parse_module(_read_source(path)[0])
+    except (OSError, UnicodeError, cst.ParserSyntaxError):
         return None
     wrapper = MetadataWrapper(module)
     positions = wrapper.resolve(PositionProvider)
@@ -525,13 +541,12 @@ def plan_fixes(findings: Iterable[Any]) -> FixPlan:
 
     for path, sites in by_file.items():
         try:
-            with open(path, encoding="utf-8", newline="") as f:
-                old = f.read()
+            old, encoding = _read_source(path)
         except FileNotFoundError:
             raise FixError(
                 f"cannot fix {_display_path(path)}: the file no longer exists"
             ) from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeError) as exc:
             raise FixError(
                 f"cannot fix {_display_path(path)}: cannot read it ({exc})"
             ) from None
@@ -554,7 +569,7 @@ def plan_fixes(findings: Iterable[Any]) -> FixPlan:
                     f"(edited since it was loaded?); add @{DECORATOR} by hand",
                 )
             )
-        plan.rewrites.append(FileRewrite(path, old, result.new, result.added))
+        plan.rewrites.append(FileRewrite(path, old, result.new, result.added, encoding))
         for site in sites:
             if site not in result.missing:
                 plan.fixed.extend(findings_at[site])
@@ -586,22 +601,25 @@ def apply_plan(plan: FixPlan) -> None:
     changed = plan.changed
     for rewrite in changed:
         _check_writable(rewrite.path)
-        with open(rewrite.path, encoding="utf-8", newline="") as f:
-            if f.read() != rewrite.old:
-                raise FixError(
-                    f"cannot fix {_display_path(rewrite.path)}: it changed while loky-check ran"
-                )
+        try:
+            current = _read_source(rewrite.path)[0]
+        except (OSError, UnicodeError):
+            current = None
+        if current != rewrite.old:
+            raise FixError(
+                f"cannot fix {_display_path(rewrite.path)}: it changed while loky-check ran"
+            )
     for rewrite in changed:
-        _atomic_write(rewrite.path, rewrite.new)
+        _atomic_write(rewrite.path, rewrite.new, rewrite.encoding)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def _atomic_write(path: str, text: str, encoding: str = "utf-8") -> None:
     """Replace ``path`` by ``text`` in one step, keeping its permission bits."""
     folder = os.path.dirname(path) or "."
     mode = stat.S_IMODE(os.stat(path).st_mode)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".loky-check-", suffix=".py.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
             f.write(text)
         os.chmod(tmp, mode)
         os.replace(tmp, path)

@@ -107,6 +107,57 @@ def test_examples_read_hints_of_init_call_and_partial(project, target):
     assert "fn and 3 calls" in result.stdout
 
 
+LATIN_SOURCE = (
+    "# -*- coding: latin-1 -*-\n"
+    "# caf\xe9 (a comment in the file's own encoding)\n"
+    "import os  # kept\n"
+    "\n"
+    "\n"
+    "def make():\n"
+    "    def inner(v):  # inner\n"
+    "        return v\n"
+    "    return inner\n"
+    "\n"
+    "\n"
+    "def apply(fn, v):\n"
+    "    return fn(v)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "encoding, prefix", [("latin-1", b""), ("utf-8", b"\xef\xbb\xbf")]
+)
+def test_fix_keeps_the_source_encoding(tmp_path, encoding, prefix):
+    """A PEP 263 coding cookie (or a BOM) is honoured: the file is read and
+    written back in its own encoding instead of being refused."""
+    source = LATIN_SOURCE if prefix == b"" else LATIN_SOURCE.split("\n", 1)[1]
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "__init__.py").write_text("")
+    path = tmp_path / "enc" / "mod.py"
+    path.write_bytes(prefix + source.encode(encoding))
+    (tmp_path / "enc" / "calls.py").write_text(
+        "from enc.mod import make\n\ndef calls():\n    return ((make(), 1), {})\n"
+    )
+    argv = ("enc.mod:apply", "--args-from", "enc.calls:calls")
+    diff = run_cli(*argv, "--diff", cwd=tmp_path)
+    assert diff.returncode == 0, diff.stderr
+    assert "+    @wrap_non_picklable_objects" in diff.stdout
+    assert path.read_bytes() == prefix + source.encode(encoding)
+
+    fixed = run_cli(*argv, "--fix", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    data = path.read_bytes()
+    assert data.startswith(prefix)
+    text = data[len(prefix) :].decode(encoding)
+    assert "# caf\xe9 (a comment" in text and "import os  # kept" in text
+    assert "    @wrap_non_picklable_objects\n    def inner(v):  # inner" in text
+    assert "from loky import wrap_non_picklable_objects" in text
+
+    again = run_cli(*argv, "--fix", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert path.read_bytes() == data
+
+
 # -- reducer round-trip tests ------------------------------------------------------
 
 
