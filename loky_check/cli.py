@@ -376,7 +376,10 @@ def _check_and_report(options: argparse.Namespace) -> int:
             report.reducers = _check_reducers(options.examples)
 
     if options.json:
-        out.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        data = report.to_dict()
+        if options.reducers:
+            data.setdefault("reducers", [])  # asked for: present even when empty
+        out.write(json.dumps(data, indent=2) + "\n")
         return _exit_status(report, options.strict)
 
     checked = _describe_checked(fn is not None, calls, options.reducers)
@@ -384,6 +387,11 @@ def _check_and_report(options: argparse.Namespace) -> int:
         return _fix_or_diff(report, options, checked)
 
     out.write(report.render(color=_use_color(out)) + "\n\n")
+    if options.reducers and not report.reducers:
+        out.write(
+            f"note: no user reducer is registered after importing "
+            f"{', '.join(options.reducers)}: no reducer was tested\n"
+        )
     status = _exit_status(report, options.strict)
     out.write(_summary(report, checked, status, options.strict) + "\n")
     return status

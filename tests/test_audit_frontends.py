@@ -3,6 +3,7 @@ plugin): regressions for what a user could hit that the other suites missed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def project(tmp_path_factory) -> Path:
                 return a + b
 
             add_one = functools.partial(add, 1)
+            """,
+        "app/noreducers.py": """
+            SETTING = 1
             """,
         "app/calls.py": """
             def endless():
@@ -156,6 +160,19 @@ def test_fix_keeps_the_source_encoding(tmp_path, encoding, prefix):
     again = run_cli(*argv, "--fix", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert path.read_bytes() == data
+
+
+def test_reducers_module_that_registers_nothing_says_so(project):
+    human = run_cli("--reducers", "app.noreducers", cwd=project)
+    assert human.returncode == 0, human.stderr
+    assert "no user reducer is registered after importing app.noreducers" in (
+        human.stdout
+    )
+    data = run_cli("--reducers", "app.noreducers", "--json", cwd=project)
+    assert data.returncode == 0, data.stderr
+    report = json.loads(data.stdout)
+    assert report["schema"] == "loky-check/1"
+    assert report["reducers"] == []  # asked for: present, even when empty
 
 
 # -- reducer round-trip tests ------------------------------------------------------
