@@ -416,6 +416,18 @@ def check_call(
     worker. Returns a :class:`Report` (``ok``, ``findings``, ``str()``,
     ``to_dict()``).
     """
+    if (
+        type(args) is tuple
+        and (kwargs is None or type(kwargs) is dict)
+        and not in_worker
+    ):
+        # The fast path: one pickle of the whole call; a success is the answer.
+        tester = replay.make_tester(pickler)
+        if not tester.test((fn, args, {} if kwargs is None else kwargs)).bad:
+            return Report(
+                target=target if target is not None else describe_callable(fn),
+                pickler=pickler,
+            )
     ctx = _Context(pickler)
     if not isinstance(args, tuple):
         try:

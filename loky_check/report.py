@@ -131,7 +131,10 @@ class Report:
     reducers: list[Any] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.findings = sort_findings(self.findings)
+        if self.findings:
+            self.findings = sort_findings(self.findings)
+        elif not isinstance(self.findings, list):
+            self.findings = []
 
     @property
     def ok(self) -> bool:

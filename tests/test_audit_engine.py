@@ -53,3 +53,36 @@ def test_a_deep_chain_at_the_top_is_reported_at_the_top():
     report = check_object(_deep_tuple(), name="a", pickler="cloudpickle")
     [finding] = report.findings
     assert (finding.path, finding.category) == ("a", "recursion")
+
+
+@pytest.mark.parametrize("kwargs", [None, {}, {"kw": 3}])
+def test_a_clean_call_costs_one_pickle_and_no_replay(monkeypatch, kwargs):
+    from loky_check import engine, replay
+
+    tester = replay.make_tester("pickle")
+    calls = []
+    real = tester._dumps
+
+    def counting(obj):
+        calls.append(obj)
+        return real(obj)
+
+    def no_replay(*args, **kw):
+        raise AssertionError("a clean call must not be replayed")
+
+    monkeypatch.setattr(tester, "_dumps", counting)
+    monkeypatch.setattr(replay, "Walker", no_replay)
+    monkeypatch.setattr(engine, "bind_arguments", no_replay)
+    report = check_call(target, (1, [2.0, "x"]), kwargs)
+    assert report.ok and report.findings == []
+    assert len(calls) == 1
+    assert str(report).startswith("loky-check  ")
+
+
+def test_the_main_scan_finds_both_main_names():
+    from loky_check.replay import references_main
+
+    assert references_main(b"c__main__\nf\n")
+    assert references_main(b"\x8c\x0b__mp_main__\x94")
+    assert not references_main(b"main")
+    assert not references_main(b"__maine__ domain__")
