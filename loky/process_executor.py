@@ -1184,6 +1184,12 @@ class _ExecutorManagerThread(threading.Thread):
     def terminate_broken(self, bpe):
         """Fail every pending future with ``bpe``, kill the workers, clean up."""
         self.executor_flags.flag_as_broken(bpe)
+        # The workers leave _processes before any caller sees the error: a
+        # broken executor has no workers any more (the kill itself comes
+        # after failing the futures, so callers learn of the crash at once).
+        with self.processes_management_lock:
+            processes = list(self.processes.items())
+            self.processes.clear()
         pending = self.pending_work_items
         # Pop while iterating: a done-callback may submit meanwhile (its
         # submit then raises the stored broken error).
@@ -1197,7 +1203,7 @@ class _ExecutorManagerThread(threading.Thread):
         # Let the callers woken above take the GIL before the (Python-heavy)
         # tree kill: they see their exception now, not a switch interval later.
         _yield_gil()
-        self.kill_workers(reason="broken executor")
+        self.kill_workers(reason="broken executor", processes=processes)
         self.join_executor_internals(broken=True)
 
     def flag_executor_shutting_down(self):
@@ -1223,10 +1229,13 @@ class _ExecutorManagerThread(threading.Thread):
             del work_item
         self.kill_workers(reason="executor shutting down")
 
-    def kill_workers(self, reason=""):
+    def kill_workers(self, reason="", *, processes=None):
+        """Tree-kill every worker (or the (pid, process) pairs given, already
+        taken out of ``self.processes``)."""
         mp_util.debug(f"Killing workers: {reason}")
         with self.processes_management_lock:
-            processes = list(self.processes.items())
+            if processes is None:
+                processes = list(self.processes.items())
             self.processes.clear()
         for _pid, p in processes:
             try:

@@ -134,3 +134,34 @@ def test_worker_loop_sends_result_items_then_its_pid():
     assert isinstance(failed.exception.__cause__, pe._RemoteTraceback)
     assert pid == worker.pid and type(pid) is int
     assert worker.exitcode == 0
+
+
+# ------------------------------------------- state seen by the failed caller
+def _exit_now(code):
+    os._exit(code)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_broken_executor_state_is_set_when_the_caller_sees_the_error(n_workers):
+    # Spec 17: a row that breaks the executor leaves _flags.broken set, no
+    # workers and no pending work; the caller sees that state as soon as its
+    # future fails (the workers left _processes before the futures failed).
+    executor = ProcessPoolExecutor(max_workers=n_workers)
+    workers = []
+    try:
+        assert executor.submit(int).result(timeout=60) == 0
+        workers = list(executor._processes.values())
+        future = executor.submit(_exit_now, 3)
+        with pytest.raises(pe.TerminatedWorkerError, match=r"EXIT\(3\)") as info:
+            future.result(timeout=60)
+        assert executor._flags.broken is info.value
+        assert executor._processes == {}
+        assert executor._pending_work_items == {}
+        with pytest.raises(pe.TerminatedWorkerError) as again:
+            executor.submit(int)
+        assert again.value is info.value
+    finally:
+        executor.shutdown(wait=True)
+    for worker in workers:
+        worker.join()
+        assert not worker.is_alive()
