@@ -397,7 +397,30 @@ def _check(
                 f"in_worker=True could not run the check in a loky worker: {exc!r}"
             ) from exc
         report = report.merge(loaded)
+        report.findings = _superseded_dropped(report.findings)
     return report
+
+
+def _extends(path: str, prefix: str) -> bool:
+    return path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] in (".", "[")
+
+
+def _superseded_dropped(findings: list[Finding]) -> list[Finding]:
+    """Drop a dump-side warning (loky's pickler carries it) when the worker
+    could not load something inside it: the load finding names the real
+    culprit (``fn.<global X>``), one finding per culprit (spec §10)."""
+    loads = [f for f in findings if f.stage == "load" and f.severity == "error"]
+    return [
+        f
+        for f in findings
+        if not (
+            f.stage == "dump"
+            and f.severity == "warning"
+            and any(
+                g.argument == f.argument and _extends(g.path, f.path) for g in loads
+            )
+        )
+    ]
 
 
 def check_call(

@@ -234,42 +234,54 @@ def load_in_worker(
     """Load each argument (pickled with the pickler under test) in a real loky
     worker; failures become ``stage="load"`` findings narrowed to the culprit.
 
-    Arguments that already have a finding are skipped: they do not get there.
+    Arguments with an error are skipped: they do not get there. Those only
+    loky's pickler carries (warnings) are loaded as loky's pickler sends them.
     """
-    from .engine import make_finding
+    from .engine import _Context, make_finding
 
     prober = _Prober()
-    already = {f.argument for f in findings}
-    candidates = []
+    errors = {f.argument for f in findings if f.severity == "error"}
+    warned = {f.argument for f in findings} - errors
+    loky_ctx = None
+    candidates = []  # (argument, the context it travels with, payload)
     for argument in arguments:
-        if argument.argument in already:
-            continue
+        if argument.argument in errors:
+            continue  # it never gets there
+        arg_ctx = ctx
+        if argument.argument in warned:
+            # Only loky's pickler carries it: what it sends must load too
+            # (a by-value function whose global the worker cannot import).
+            loky_ctx = loky_ctx or _Context("loky")
+            arg_ctx = loky_ctx
         try:
-            candidates.append((argument, ctx.tester.dumps(argument.value)))
+            candidates.append((argument, arg_ctx, arg_ctx.tester.dumps(argument.value)))
         except Exception:
             continue
     load_findings: list[Finding] = []
     if not candidates:
         return Report(target=target, pickler=ctx.pickler)
-    outcomes = prober.run([payload for _, payload in candidates], ctx.pickler)
-    for (argument, _payload), (error, copy) in zip(candidates, outcomes, strict=True):
+    outcomes = prober.run([payload for _, _, payload in candidates], ctx.pickler)
+    for (argument, arg_ctx, _payload), (error, copy) in zip(
+        candidates, outcomes, strict=True
+    ):
         if error is None:
-            load_findings.extend(_fidelity_findings(argument, copy, ctx))
+            if arg_ctx is ctx:
+                load_findings.extend(_fidelity_findings(argument, copy, ctx))
             continue
         for path, obj, definition, exc in _narrow(
-            prober, ctx, argument.value, argument.root, error
+            prober, arg_ctx, argument.value, argument.root, error
         ):
             culprit = replay.Culprit(
                 path,
                 obj,
                 replay.Status(True),
-                ctx.pickler,
+                arg_ctx.pickler,
                 definition=definition,
                 exc=exc,
                 stage="load",
             )
-            carried = _load_carried(ctx, obj, definition)
-            finding = make_finding(culprit, argument, ctx, carried=carried)
+            carried = _load_carried(arg_ctx, obj, definition)
+            finding = make_finding(culprit, argument, arg_ctx, carried=carried)
             finding.message = _with_worker_error(finding.message, exc)
             load_findings.append(finding)
     return Report(target=target, pickler=ctx.pickler, findings=load_findings)

@@ -86,3 +86,68 @@ def test_the_main_scan_finds_both_main_names():
     assert references_main(b"\x8c\x0b__mp_main__\x94")
     assert not references_main(b"main")
     assert not references_main(b"__maine__ domain__")
+
+
+@pytest.fixture
+def parent_only_module(monkeypatch):
+    """A module only the parent has; loky's reusable executor stopped afterwards."""
+    import sys
+    import types
+
+    module = types.ModuleType("lc_audit_parent_only")
+    exec("def helper(x):\n    return x\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, "lc_audit_parent_only", module)
+    yield module
+    storage = sys.modules.get("loky.reusable_executor")
+    executor = getattr(getattr(storage, "_executor_storage", None), "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
+def test_by_value_function_whose_closure_cannot_load_in_the_worker(
+    parent_only_module,
+):
+    helper = parent_only_module.helper
+
+    def job(x):
+        return helper(x)
+
+    # dump side: plain pickle fails, loky's pickler carries it (a warning)...
+    [dumped] = check_call(target, (job,)).findings
+    assert (dumped.path, dumped.severity) == ("a", "warning")
+    # ...but the worker cannot import what the closure refers to: one finding,
+    # at the cell, not a second one on the function.
+    report = check_call(target, (job,), in_worker=True)
+    [finding] = report.findings
+    got = (
+        finding.argument,
+        finding.parameter,
+        finding.path,
+        finding.type,
+        finding.category,
+        finding.severity,
+        finding.remedy,
+        finding.stage,
+    )
+    assert got == (
+        "args[0]",
+        "a",
+        "a.<closure helper>",
+        "builtins.function",
+        "not_importable",
+        "error",
+        "pickle_by_value",
+        "load",
+    ), str(report)
+    assert not report.ok
+
+
+def test_a_by_value_function_that_loads_keeps_its_warning(parent_only_module):
+    report = check_call(target, (lambda x: x,), in_worker=True)
+    [finding] = report.findings
+    assert (finding.path, finding.category, finding.severity, finding.stage) == (
+        "a",
+        "lambda",
+        "warning",
+        "dump",
+    )
