@@ -29,6 +29,7 @@ Cost model (clean calls must stay cheap):
 from __future__ import annotations
 
 import collections
+import contextlib
 import copyreg
 import dataclasses
 import functools
@@ -51,6 +52,7 @@ __all__ = [
     "LokyPicklingWarning",
     "PicklingCheckError",
     "SubmitChecker",
+    "annotate_result_load_failure",
     "annotate_worker_failure",
 ]
 
@@ -965,6 +967,173 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
     )
 
 
+###############################################################################
+# Parent side: a result that reached the parent but does not load there
+
+
+class _LoadFailed:
+    """Stands, in a re-loaded result, for the object whose rebuild raised."""
+
+
+def _qualified(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if name is None:
+        return type(obj).__qualname__
+    return name if module in (None, "builtins") else f"{module}.{name}"
+
+
+def diagnose_result_load_failure(payload: bytes) -> Report | None:
+    """Why the pickled result item ``payload`` does not load in this process.
+
+    The payload is loaded again with the pure-Python unpickler, every rebuild
+    (``REDUCE``: a reconstructor or a class called with its arguments; ``BUILD``:
+    ``__setstate__``) guarded and every global that does not import replaced by
+    a stand-in, so that each failure leaves a marker in the rebuilt result;
+    the path from the result (or exception) to each marker names the culprit.
+    """
+    from . import engine, taxonomy
+
+    failures: list[tuple[type, BaseException, str, str, Any]] = []
+
+    def failed(error: BaseException, owner: str, method: str) -> Any:
+        marker = type("_LoadFailedHere", (_LoadFailed,), {})
+        failures.append((marker, error, owner, method, None))
+        return marker()
+
+    class Probe(pickle._Unpickler):  # type: ignore[name-defined]
+        dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return super().find_class(module, name)
+            except Exception as error:
+                stand_in = type(name.rsplit(".", 1)[-1], (_Unloadable,), {})
+                stand_in.__module__, stand_in.__qualname__ = module, name
+                failures.append((stand_in, error, f"{module}.{name}", "", stand_in))
+                return stand_in
+
+        def load_reduce(self) -> None:
+            stack = self.stack
+            args = stack.pop()
+            func = stack[-1]
+            try:
+                stack[-1] = func(*args)
+            except Exception as error:
+                if isinstance(func, type):
+                    stack[-1] = failed(error, _qualified(func), "")
+                else:
+                    stack[-1] = failed(error, "", _qualified(func))
+
+        def load_build(self) -> None:
+            inst = self.stack[-2]
+            try:
+                pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+            except Exception as error:
+                self.stack[-1] = failed(error, _qualified(type(inst)), "__setstate__")
+
+        dispatch[pickle.REDUCE[0]] = load_reduce
+        dispatch[pickle.BUILD[0]] = load_build
+
+    try:
+        item = Probe(io.BytesIO(bytes(payload))).load()
+    except Exception:
+        return None
+    if not failures:
+        return None
+    if isinstance(item, tuple) and len(item) == 3:
+        _, exception, result = item
+    else:
+        exception = getattr(item, "exception", None)
+        result = getattr(item, "result", None)
+    name, value = (
+        ("exception", exception) if exception is not None else ("result", result)
+    )
+    findings = []
+    for marker, error, owner, method, stand_in in failures:
+        path = _path_to(value, marker, name) or name
+        if stand_in is not None:
+            module = stand_in.__module__
+            category = taxonomy.categorize(
+                None,
+                definition=stand_in,
+                exc=error,
+                main_ref=module in ("__main__", "__mp_main__"),
+                stage="load",
+            )
+            remedy = taxonomy.choose_remedy(
+                category, wrap_fixes=False, definition=stand_in, exc=error, stage="load"
+            )
+            texts = taxonomy.texts(
+                category,
+                remedy,
+                path=path,
+                type_name=owner,
+                definition=stand_in,
+                exc=error,
+                wrap_fixes=True,
+            )
+            message = f"{texts.message} ({taxonomy.describe_exception(error)})"
+            fix = texts.fix
+            summary = owner
+        else:
+            category = "unpickle_error"
+            remedy = taxonomy.choose_remedy(
+                category, wrap_fixes=False, exc=error, stage="load"
+            )
+            texts = taxonomy.texts(
+                category,
+                remedy,
+                path=path,
+                type_name=owner or "object",
+                exc=error,
+                reducer_name=method,
+            )
+            message, fix = texts.message, texts.fix
+            if not owner:  # a rebuild function, not a class: name it
+                fix = (
+                    f"fix {method} (the rebuild function a __reduce__ returns) so that "
+                    "it accepts what the reducer passes and does not raise."
+                )
+            where = ".".join(part for part in (owner, method) if part)
+            summary = f"{where} raised"
+        findings.append(
+            Finding(
+                severity="error",
+                stage="load",
+                argument=name,
+                parameter=None,
+                path=path,
+                type=owner or method,
+                category=category,
+                remedy=remedy,
+                message=message,
+                fix=fix,
+                carried_by={p: False for p in engine.PICKLERS},
+                summary=summary or type(error).__name__,
+            )
+        )
+    return Report(
+        target=name, pickler=_reduction().get_loky_pickler_name(), findings=findings
+    )
+
+
+def annotate_result_load_failure(exc: BaseException, payload: bytes) -> None:
+    """Attach to ``exc`` (what the caller gets) why the result item
+    ``payload`` sent by a worker does not load in the parent. Never raises."""
+    try:
+        report = diagnose_result_load_failure(payload)
+        if report is not None and report.findings:
+            name = report.findings[0].argument
+            _add_note(
+                exc,
+                f"loky pickle_check: the task's {name} cannot be loaded back in the "
+                f"parent.\n{report}",
+            )
+    except Exception:  # noqa: BLE001 - the diagnosis must not hide the failure
+        pass
+
+
 def _qualified_code_name(frame) -> str:
     """``Class.method`` of the frame's code (``co_qualname`` exists from 3.11;
     before, a method's ``self`` / ``cls`` names its class)."""
@@ -1055,6 +1224,11 @@ def _children(value: Any) -> Iterator[tuple[str, Any]]:
         yield from ((f"[{i}]", v) for i, v in enumerate(value))
     elif isinstance(value, (set, frozenset)):
         yield from ((f".<item {i}>", v) for i, v in enumerate(value))
+    elif isinstance(value, BaseException):
+        yield from ((f".args[{i}]", v) for i, v in enumerate(value.args))
+        with contextlib.suppress(AttributeError):
+            state = object.__getattribute__(value, "__dict__")
+            yield from ((f".{k}", v) for k, v in state.items())
     elif isinstance(value, types.FunctionType):
         cells = value.__closure__ or ()
         for name, cell in zip(value.__code__.co_freevars, cells, strict=False):

@@ -219,3 +219,98 @@ def test_counterexample_of_a_class_without_repr_shows_its_state():
     assert plain.difference == ".count: 1 != 0"
     assert slotted.counterexample == "SlottedCounter(count=1)"
     assert " object at 0x" not in str(plain)
+
+
+# -- check mode: a result that reaches the parent but does not load there ----------
+
+
+def _refuse_to_rebuild(value):
+    raise ValueError(f"cannot rebuild {value}")
+
+
+class RebuildsBadly:
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return _refuse_to_rebuild, (self.value,)
+
+
+class TwoArgumentError(Exception):
+    def __init__(self, message, code):
+        super().__init__(message)  # `code` is not in args: it cannot be rebuilt
+        self.code = code
+
+
+class RefusesState:
+    def __init__(self):
+        self.value = 1
+
+    def __setstate__(self, state):
+        raise ValueError("no state")
+
+
+def _result_item(exception=None, result=None):
+    from loky.process_executor import _ExceptionWithTraceback, _ResultItem
+
+    if exception is not None:
+        exception = _ExceptionWithTraceback(exception)
+    return _ResultItem(7, exception, result)
+
+
+@pytest.mark.parametrize(
+    "item, argument, path, summary",
+    [
+        (
+            _result_item(result={"k": [RebuildsBadly(3)]}),
+            "result",
+            "result['k'][0]",
+            f"{__name__}._refuse_to_rebuild raised",
+        ),
+        (
+            _result_item(exception=TwoArgumentError("boom", 2)),
+            "exception",
+            "exception",
+            f"{__name__}.TwoArgumentError raised",
+        ),
+        (
+            _result_item(result=[1, RefusesState()]),
+            "result",
+            "result[1]",
+            f"{__name__}.RefusesState.__setstate__ raised",
+        ),
+        ((7, None, (RebuildsBadly(1),)), "result", "result[0]", None),
+    ],
+    ids=["reconstructor", "exception-init", "setstate", "plain-tuple-item"],
+)
+def test_result_that_does_not_load_in_the_parent_is_diagnosed(
+    item, argument, path, summary
+):
+    import pickle
+
+    from loky_check.runtime import annotate_result_load_failure
+
+    payload = pickle.dumps(item)
+    with pytest.raises(Exception):  # noqa: B017 - each fails its own way
+        pickle.loads(payload)
+    error = RuntimeError("A result has failed to un-serialize.")
+    annotate_result_load_failure(error, payload)
+    [note] = error.__notes__
+    assert note.startswith(
+        f"loky pickle_check: the task's {argument} cannot be loaded back in the parent."
+    )
+    from loky_check.runtime import diagnose_result_load_failure
+
+    [finding] = diagnose_result_load_failure(payload).findings
+    assert (finding.argument, finding.path, finding.stage) == (argument, path, "load")
+    assert finding.category == "unpickle_error" and finding.severity == "error"
+    if summary is not None:
+        assert finding.summary == summary
+
+
+def test_result_load_diagnosis_never_raises_on_garbage():
+    from loky_check.runtime import annotate_result_load_failure
+
+    error = RuntimeError("x")
+    annotate_result_load_failure(error, b"not a pickle")
+    assert not getattr(error, "__notes__", None)
