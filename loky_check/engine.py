@@ -307,6 +307,7 @@ def make_finding(
         wrap_fixes=wrap_fixes,
         loky_carries=bool(carried.get("loky")),
         reducer_name=reduce_failure.reducer_name if reduce_failure else "",
+        cloudpickle_carries=bool(carried.get("cloudpickle")),
     )
     if culprit.detail:
         texts.message = f"{texts.message.rstrip('.')}: {culprit.detail}."

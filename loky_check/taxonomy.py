@@ -378,6 +378,7 @@ def texts(
     wrap_fixes: bool = False,
     loky_carries: bool = False,
     reducer_name: str = "",
+    cloudpickle_carries: bool = True,
 ) -> Texts:
     """Message (why) and fix (what to do) for one finding."""
     short_type = type_name.rsplit(".", 1)[-1] or "object"
@@ -451,6 +452,18 @@ def texts(
         message = "The round trip returns a different value."
     else:
         message = describe_exception(exc) or "This object cannot be pickled."
+    if not cloudpickle_carries and category in (
+        "lambda",
+        "local_function",
+        "local_class",
+    ):
+        # cloudpickle takes the definition by value but fails on what it refers to
+        message = message.split(";")[0] + (
+            "; loky's pickler carries it by value, but cloudpickle alone fails on"
+            " what it refers to."
+            if loky_carries
+            else "; taken by value, it still refers to something no pickler can send."
+        )
     if carries and category in ("c_extension", "reduce_error", "other"):
         message += carries
 
@@ -490,6 +503,8 @@ def _fix_text(
     if remedy == "wrap":
         return f"loky.wrap_non_picklable_objects({path})   (checked: the wrapped copy round-trips)"
     if remedy == "move_to_module":
+        if name and str(name).endswith("<lambda>"):
+            return "replace the lambda with a def at module level in an importable module (not in __main__)."
         if name:
             return f"define {str(name).replace('.<locals>', '')} at module level in an importable module (not in __main__, not inside a function)."
         return "move the definitions it needs to an importable module."

@@ -151,3 +151,20 @@ def test_a_by_value_function_that_loads_keeps_its_warning(parent_only_module):
         "warning",
         "dump",
     )
+
+
+def test_a_lambda_cloudpickle_cannot_carry_does_not_claim_it_can():
+    import socket
+
+    sock = socket.socket()
+    try:
+        report = check_object(lambda: sock, name="a")
+    finally:
+        sock.close()
+    [finding] = report.findings
+    # loky's pickler (its socket reducer) carries it, cloudpickle alone does not
+    assert finding.carried_by == {"pickle": False, "cloudpickle": False, "loky": True}
+    assert (finding.category, finding.severity) == ("lambda", "warning")
+    assert "cloudpickle carries it" not in finding.message
+    assert finding.remedy == "move_to_module" and not finding.wrap_fixes
+    assert "replace the lambda with a def" in finding.fix
