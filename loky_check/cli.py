@@ -241,8 +241,24 @@ def _run_calls(fn: Any, calls: list[Call], per_call: list[Any], report: Any) -> 
                 f"--run: {call.label} called sys.exit({exc.code!r}) in the worker; "
                 "nothing came back to check"
             ) from None
+        crashed = [
+            f
+            for f in returned.findings
+            if f.argument == "result" and f.type == _TERMINATED_WORKER
+        ]
+        if crashed:
+            # Not a pickling finding: the call killed its worker (os._exit,
+            # a segfault, the OOM killer), so no result exists to check.
+            reason = crashed[0].message.split("\n\n", 1)[-1].split("\n", 1)[0]
+            raise UsageError(
+                f"--run: {call.label} crashed the worker that ran it ({reason.strip()}); "
+                "nothing came back to check"
+            )
         report = report.merge(returned)
     return report
+
+
+_TERMINATED_WORKER = "loky.process_executor.TerminatedWorkerError"
 
 
 def _runnable_without_arguments(fn: Any) -> bool:

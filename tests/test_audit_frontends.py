@@ -38,6 +38,10 @@ def project(tmp_path_factory) -> Path:
 
             def leaves(x):
                 sys.exit(4)
+
+            def crashes(x):
+                import os
+                os._exit(1)
             """,
         "app/shapes.py": """
             import functools
@@ -89,6 +93,17 @@ def test_sys_exit_in_the_called_function_under_run_is_one_line_exit_2(project):
     # not the call's own exit status (4) with no report
     assert_one_line_exit_2(
         result, "--run: the call from app.calls:one called sys.exit(4) in the worker"
+    )
+
+
+def test_a_call_that_kills_its_worker_under_run_is_one_line_exit_2(project):
+    result = run_cli(
+        "app.work:crashes", "--args-from", "app.calls:one", "--run", cwd=project
+    )
+    assert_one_line_exit_2(
+        result,
+        "--run: the call from app.calls:one crashed the worker that ran it",
+        "EXIT(1)",
     )
 
 
