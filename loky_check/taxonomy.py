@@ -63,6 +63,7 @@ _TYPE_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
         ("multiprocessing.synchronize", "Barrier"),
         ("multiprocessing.queues", "Queue"),
         ("multiprocessing.queues", "SimpleQueue"),
+        ("multiprocessing.sharedctypes", "SynchronizedBase"),
         ("multiprocessing.managers", "BaseManager"),
         ("multiprocessing.pool", "Pool"),
         ("concurrent.futures", "Executor"),
@@ -276,9 +277,22 @@ def categorize(
         return "reduce_error"
     if stage == "load":
         return "unpickle_error"
-    if is_c_type(type(obj)):
+    if is_c_type(type(obj)) or _c_state_refused(exc):
         return "c_extension"
     return "other"
+
+
+def _c_state_refused(exc: BaseException | None) -> bool:
+    """The interpreter's own refusal for an object whose state lives in C
+    (``cannot pickle 'zlib.Compress' object``): C extension types built with
+    ``PyType_FromSpec`` are heap types, so the type flag alone misses them."""
+    if type(exc) is not TypeError:
+        return False
+    try:
+        text = str(exc)
+    except Exception:
+        return False
+    return text.startswith("cannot pickle '") and text.endswith("' object")
 
 
 def choose_remedy(

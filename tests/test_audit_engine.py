@@ -168,3 +168,37 @@ def test_a_lambda_cloudpickle_cannot_carry_does_not_claim_it_can():
     assert "cloudpickle carries it" not in finding.message
     assert finding.remedy == "move_to_module" and not finding.wrap_fixes
     assert "replace the lambda with a def" in finding.fix
+
+
+def test_c_extension_heap_types_are_c_extension_not_other():
+    import os
+    import zlib
+
+    compressor = zlib.compressobj()
+    with os.scandir(".") as entries:
+        for obj, type_ in [
+            (compressor, "zlib.Compress"),
+            (entries, "posix.ScandirIterator" if os.name == "posix" else None),
+        ]:
+            [finding] = check_call(target, (obj,)).findings
+            if type_ is not None:
+                assert finding.type == type_
+            assert (finding.category, finding.remedy, finding.severity) == (
+                "c_extension",
+                "implement_reduce",
+                "error",
+            ), str(finding)
+
+
+def test_multiprocessing_shared_values_are_sync_primitives():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for shared in (ctx.Value("i", 0), ctx.Array("i", 3)):
+        [finding] = check_call(target, ([0, shared],)).findings
+        assert (finding.path, finding.category, finding.remedy) == (
+            "a[1]",
+            "sync_primitive",
+            "create_in_worker",
+        ), str(finding)
+        assert finding.type.startswith("multiprocessing.sharedctypes.Synchronized")
