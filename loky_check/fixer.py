@@ -68,7 +68,7 @@ class DefinitionSite:
     path: str
     qualname: str | None
     line: int | None
-    kind: str  # "def" or "class"
+    kind: str  # "def", "class", or "definition" (either: only the line is known)
 
     @property
     def name(self) -> str:
@@ -217,6 +217,28 @@ def _site_for(finding: Any) -> DefinitionSite | ManualFix | None:
     """Where to put the decorator for ``finding``, or the manual advice."""
     definition = _unwrap_definition(getattr(finding, "culprit", None))
     location = _parse_location(getattr(finding, "location", None))
+    is_exception = (
+        isinstance(definition, type) and issubclass(definition, BaseException)
+    ) or (
+        definition is None
+        and getattr(finding, "argument", None) == "exception"
+        and getattr(finding, "path", None) == "exception"
+    )
+    if is_exception:
+        # A wrapped exception class raises wrapper objects that come back to
+        # the caller as a non-exception ("exceptions must derive from
+        # BaseException"): the class must be importable instead.
+        if location is not None:
+            where = f"{_display_path(location[0])}:{location[1]}"
+        elif isinstance(definition, type):
+            where = _display_path(_source_file_of_class(definition) or "?")
+        else:
+            where = getattr(finding, "path", "?")
+        return ManualFix(
+            where,
+            f"{_what(finding)}: an exception class cannot take @{DECORATOR} (what it "
+            "raises would not come back as an exception); move the class to module level",
+        )
     if isinstance(definition, types.FunctionType):
         code = definition.__code__
         where = f"{_display_path(code.co_filename)}:{code.co_firstlineno}"
@@ -237,7 +259,7 @@ def _site_for(finding: Any) -> DefinitionSite | ManualFix | None:
             return DefinitionSite(path, definition.__qualname__, None, "class")
     if location is not None:
         path, line = location
-        return DefinitionSite(path, None, line, "def")
+        return DefinitionSite(path, None, line, "definition")
     return ManualFix(
         getattr(finding, "path", "?"),
         f"{_what(finding)}: no def or class to decorate; {_hand_advice()}",
@@ -386,7 +408,10 @@ def add_wrap_decorators(
             entry
             for entry in finder.found
             if (site.qualname is None or entry[1] == site.qualname)
-            and (site.kind == "class") == isinstance(entry[0], cst.ClassDef)
+            and (
+                site.kind == "definition"
+                or (site.kind == "class") == isinstance(entry[0], cst.ClassDef)
+            )
         ]
         if site.line is not None:
             on_line = [entry for entry in candidates if site.line in entry[2]]

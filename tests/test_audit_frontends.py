@@ -190,6 +190,59 @@ def test_reducers_module_that_registers_nothing_says_so(project):
     assert report["reducers"] == []  # asked for: present, even when empty
 
 
+def test_fix_of_run_findings_decorates_a_local_class_but_never_an_exception(tmp_path):
+    """Result findings carry only a location (the culprit stays in the
+    worker): the class on that line is decorated; a local exception class is
+    left for a hand fix, since a wrapped exception comes back as a
+    non-exception."""
+    root = _helpers.write_files(
+        tmp_path,
+        {
+            "job/__init__.py": "",
+            "job/tasks.py": """
+                def fails(x: int):
+                    class LocalError(Exception):
+                        pass
+                    raise LocalError(f"bad {x}")
+
+
+                def boxed(x: int):
+                    class Box:  # the result's type
+                        def __init__(self, v):
+                            self.v = v
+                    return Box(x)
+                """,
+            "job/calls.py": """
+                def one():
+                    return ((1,), {})
+                """,
+        },
+    )
+    path = root / "job" / "tasks.py"
+    before = path.read_text()
+    failing = run_cli(
+        "job.tasks:fails", "--args-from", "job.calls:one", "--run", "--fix", cwd=root
+    )
+    assert failing.returncode == 0, failing.stderr
+    assert "an exception class cannot take @wrap_non_picklable_objects" in (
+        failing.stdout
+    )
+    assert "job/tasks.py:2" in failing.stdout
+    assert path.read_text() == before
+
+    boxed = run_cli(
+        "job.tasks:boxed", "--args-from", "job.calls:one", "--run", "--fix", cwd=root
+    )
+    assert boxed.returncode == 0, boxed.stderr
+    assert "added @wrap_non_picklable_objects to class boxed.<locals>.Box" in (
+        boxed.stdout
+    )
+    assert (
+        "    @wrap_non_picklable_objects\n    class Box:  # the result's type"
+        in path.read_text()
+    )
+
+
 # -- reducer round-trip tests ------------------------------------------------------
 
 
