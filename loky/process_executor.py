@@ -1450,6 +1450,8 @@ class ProcessPoolExecutor(Executor):
     """
 
     _at_exit = None
+    # (manager thread, wakeup) of a shutdown(wait=False) still in progress.
+    _stopping_manager = None
 
     def __init__(
         self,
@@ -1671,11 +1673,17 @@ class ProcessPoolExecutor(Executor):
         """Stop accepting work; finish it (or, with ``kill_workers``, drop it
         and kill the workers); with ``wait``, return once all is cleaned up."""
         mp_util.debug(f"shutting down executor {self}")
-        self._flags.flag_as_shutting_down(kill_workers)
+        # A kill once asked for stays asked for: a later plain shutdown (e.g.
+        # leaving a with block) must not turn it back into "finish the jobs".
+        self._flags.flag_as_shutting_down(True if kill_workers else None)
         if cancel_futures:
             self._cancel_queued_futures()
         manager = self._executor_manager_thread
         wakeup = self._executor_manager_thread_wakeup
+        if manager is None and self._stopping_manager is not None:
+            # An earlier shutdown(wait=False) dropped the references: this
+            # call still wakes the manager (kill_workers) and waits for it.
+            manager, wakeup = self._stopping_manager
         if wakeup is not None:
             with self._shutdown_lock:
                 wakeup.wakeup()
@@ -1687,6 +1695,9 @@ class ProcessPoolExecutor(Executor):
                 manager.join()
             with _global_shutdown_lock:
                 _threads_wakeups.pop(manager, None)
+            self._stopping_manager = None
+        else:
+            self._stopping_manager = (manager, wakeup)
         # Drop the references so that their fds are released.
         self._executor_manager_thread = None
         self._executor_manager_thread_wakeup = None
@@ -1706,11 +1717,14 @@ class ProcessPoolExecutor(Executor):
                 _notify_cancelled(work_item.future)
 
     def _close_unused_queues(self):
-        if self._call_queue is not None:
-            self._call_queue.close()
-            self._call_queue.join_thread()
-        if self._result_queue is not None:
-            self._result_queue.close()
-        if self._executor_manager_thread_wakeup is not None:
+        call_queue = self._call_queue
+        if call_queue is not None:
+            call_queue.close()
+            call_queue.join_thread()
+        result_queue = self._result_queue
+        if result_queue is not None:
+            result_queue.close()
+        wakeup = self._executor_manager_thread_wakeup
+        if wakeup is not None:
             with self._shutdown_lock:
-                self._executor_manager_thread_wakeup.close()
+                wakeup.close()

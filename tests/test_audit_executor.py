@@ -165,3 +165,40 @@ def test_broken_executor_state_is_set_when_the_caller_sees_the_error(n_workers):
     for worker in workers:
         worker.join()
         assert not worker.is_alive()
+
+
+# ---------------------------------------------------- repeated shutdown calls
+def _sleep_then_return(seconds):
+    import time
+
+    time.sleep(seconds)
+    return "slept"
+
+
+@pytest.mark.parametrize("order", ["kill_then_plain", "no_wait_then_kill"])
+def test_a_later_shutdown_keeps_or_honours_kill_workers(order):
+    # Spec 3.4: kill_workers=True fails unfinished futures and leaves no
+    # worker. A kill asked for by shutdown(wait=False, kill_workers=True) is
+    # not undone by a later plain shutdown (leaving a with block), and a
+    # shutdown(wait=True, kill_workers=True) after shutdown(wait=False) still
+    # kills and waits.
+    executor = ProcessPoolExecutor(max_workers=1)
+    try:
+        future = executor.submit(_sleep_then_return, 30)
+        workers = list(executor._processes.values())
+        manager = executor._executor_manager_thread
+        if order == "kill_then_plain":
+            executor.shutdown(wait=False, kill_workers=True)
+            executor.shutdown(wait=True)
+        else:
+            executor.shutdown(wait=False)
+            executor.shutdown(wait=True, kill_workers=True)
+        assert not manager.is_alive()  # the second call waited
+        assert isinstance(future.exception(timeout=60), pe.ShutdownExecutorError)
+        assert executor._flags.kill_workers
+        assert executor._processes == {}
+        for worker in workers:
+            worker.join()
+            assert worker.exitcode is not None and worker.exitcode < 0
+    finally:
+        executor.shutdown(wait=True, kill_workers=True)
