@@ -491,12 +491,7 @@ def texts(
         reducer_name=reducer_name,
         short_type=short_type,
     )
-    if (
-        REMEDIES[category][0] == "wrap"
-        and not wrap_fixes
-        and remedy != "wrap"
-        and category != "lambda"
-    ):
+    if REMEDIES[category][0] == "wrap" and not wrap_fixes and remedy != "wrap":
         fix += "   (wrap_non_picklable_objects was checked and does not help here)"
     return Texts(message=message, fix=fix)
 

@@ -168,6 +168,8 @@ def test_a_lambda_cloudpickle_cannot_carry_does_not_claim_it_can():
     assert "cloudpickle carries it" not in finding.message
     assert finding.remedy == "move_to_module" and not finding.wrap_fixes
     assert "replace the lambda with a def" in finding.fix
+    # the finding says that wrapping was tried and does not help (spec §2)
+    assert "was checked and does not help" in finding.fix
 
 
 def test_c_extension_heap_types_are_c_extension_not_other():
