@@ -1143,11 +1143,10 @@ class _ExecutorManagerThread(threading.Thread):
         if len(self.processes) >= self.max_workers:
             return
         with self.processes_management_lock:
-            if executor is not None and executor._call_queue is not None:
+            if executor is not None:
                 executor._adjust_process_count()
             else:
-                # shutdown() dropped the executor's queue references: spawn
-                # with the manager's own.
+                # Collected: spawn with the manager's own references.
                 _spawn_workers(
                     self.processes,
                     self.max_workers,
@@ -1569,15 +1568,30 @@ class ProcessPoolExecutor(Executor):
 
     def _adjust_process_count(self):
         """Spawn workers up to ``_max_workers`` (caller holds the management lock)."""
+        call_queue = self._call_queue
+        result_queue = self._result_queue
+        management_lock = self._processes_management_lock
+        if call_queue is None or result_queue is None or management_lock is None:
+            # shutdown(wait=False) dropped these (maybe just now, from another
+            # thread) while queued work still needs workers: the manager still
+            # holds them.
+            manager = self._executor_manager_thread
+            if manager is None and self._stopping_manager is not None:
+                manager = self._stopping_manager[0]
+            if manager is None:
+                return
+            call_queue = manager.call_queue
+            result_queue = manager.result_queue
+            management_lock = manager.processes_management_lock
         _spawn_workers(
             self._processes,
             self._max_workers,
             context=self._context,
-            call_queue=self._call_queue,
-            result_queue=self._result_queue,
+            call_queue=call_queue,
+            result_queue=result_queue,
             initializer=self._initializer,
             initargs=self._initargs,
-            processes_management_lock=self._processes_management_lock,
+            processes_management_lock=management_lock,
             timeout=self._timeout,
             env=self._env,
         )
