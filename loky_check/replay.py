@@ -832,6 +832,9 @@ class Walker:
                 node.status = tester.test(node.obj, self.masked)
                 if not node.status.bad:
                     continue
+            if node.kind == "class_of":
+                self._class_of_culprit(node.parent, node.obj, node.status, tester)
+                continue
             self._visit(node, stack, tester)
 
     def _visit(self, node: _Node, stack: list[_Node], tester: Tester) -> None:
@@ -888,10 +891,11 @@ class Walker:
                 self._culprit(node, tester)
                 bad = [b for b in bad if not isinstance(b[1].exc, RecursionError)]
         seen_now = len(self.culprits)
+        # The object's own class is judged last (pushed first): a culprit the
+        # instance holds is named at its own path (``.lock``), not where the
+        # class taken by value happens to refer to it too.
+        bad.sort(key=lambda b: b[0].kind == "class_of")
         for child, child_status in reversed(bad):
-            if child.kind == "class_of":
-                self._class_of_culprit(node, child.obj, child_status, tester)
-                continue
             stack.append(
                 _Node(
                     child.obj,

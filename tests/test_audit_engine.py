@@ -204,3 +204,27 @@ def test_multiprocessing_shared_values_are_sync_primitives():
             "create_in_worker",
         ), str(finding)
         assert finding.type.startswith("multiprocessing.sharedctypes.Synchronized")
+
+
+_SHARED_LOCK = __import__("threading").Lock()
+
+
+def test_a_culprit_the_instance_holds_is_named_at_the_instance_path():
+    class Guarded:
+        def __init__(self):
+            self.lock = _SHARED_LOCK
+
+        def locked(self):
+            with _SHARED_LOCK:  # the class, taken by value, refers to it too
+                return True
+
+    report = check_call(target, (Guarded(),))
+    paths = {(f.path, f.category) for f in report.findings}
+    assert ("a.lock", "sync_primitive") in paths, str(report)
+    assert not any("__class__" in f.path for f in report.findings), str(report)
+    [instance] = [f for f in report.findings if f.category == "local_class"]
+    assert (instance.path, instance.type) == (
+        "a",
+        f"{__name__}.test_a_culprit_the_instance_holds_is_named_at_the_instance_path"
+        ".<locals>.Guarded",
+    )
