@@ -352,8 +352,42 @@ def _run(argv: Sequence[str] | None) -> int:
     return status
 
 
+@contextlib.contextmanager
+def _own_executors_unchecked() -> Iterator[None]:
+    """The executors loky-check starts for its probes are its own business: a
+    ``LOKY_PICKLE_CHECK`` set in the user's shell must neither warn about the
+    probes' internal calls nor stop them (the workers inherit the environment
+    as it is while they start)."""
+    saved = os.environ.pop("LOKY_PICKLE_CHECK", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["LOKY_PICKLE_CHECK"] = saved
+
+
+def _check_loky_starts() -> None:
+    """An environment loky refuses (``LOKY_PICKLER`` naming no pickler) is the
+    user's to fix: one line naming it, not an internal error later."""
+    try:
+        import loky  # noqa: F401 - it sets up LOKY_PICKLER on import
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        value = os.environ.get("LOKY_PICKLER")
+        where = f"LOKY_PICKLER={value!r}" if value else "loky"
+        raise UsageError(
+            f"{where} cannot be used: {type(exc).__name__}: {first}"
+        ) from None
+
+
 def _check_and_report(options: argparse.Namespace) -> int:
     _validate(options)
+    _check_loky_starts()
+    with _own_executors_unchecked():
+        return _checked_and_reported(options)
+
+
+def _checked_and_reported(options: argparse.Namespace) -> int:
     targets.ensure_cwd_on_path()
     out = sys.stdout
 

@@ -11,8 +11,10 @@ import _helpers
 import pytest
 
 
-def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    return _helpers.run_cli(*argv, cwd=cwd, timeout=90)
+def run_cli(
+    *argv: str, cwd: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return _helpers.run_cli(*argv, cwd=cwd, env=env, timeout=90)
 
 
 def assert_one_line_exit_2(result: subprocess.CompletedProcess, *fragments: str):
@@ -65,6 +67,9 @@ def project(tmp_path_factory) -> Path:
             SETTING = 1
             """,
         "app/calls.py": """
+            def with_lambda():
+                return [((1,), {}), ((lambda v: v,), {})]
+
             def endless():
                 while True:
                     yield ((1,), {})
@@ -105,6 +110,32 @@ def test_a_call_that_kills_its_worker_under_run_is_one_line_exit_2(project):
         "--run: the call from app.calls:one crashed the worker that ran it",
         "EXIT(1)",
     )
+
+
+def test_a_pickler_loky_refuses_is_one_line_exit_2(project):
+    result = run_cli("app.work:work", cwd=project, env={"LOKY_PICKLER": "nosuch_pkl"})
+    assert_one_line_exit_2(
+        result, "LOKY_PICKLER='nosuch_pkl' cannot be used", "No module named"
+    )
+
+
+@pytest.mark.parametrize("mode", ["error", "warn", "bogus"])
+def test_loky_pickle_check_in_the_shell_does_not_touch_the_probes(project, mode):
+    """The CLI's own probe executors run unchecked: no LokyPicklingWarning
+    about their internal calls, no PicklingCheckError stopping them, no
+    'internal error' for a value only loky's executors would refuse."""
+    result = run_cli(
+        "app.work:work",
+        "--args-from",
+        "app.calls:with_lambda",
+        "--run",
+        cwd=project,
+        env={"LOKY_PICKLE_CHECK": mode},
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "LokyPicklingWarning" not in result.stderr
+    assert "internal error" not in result.stderr
+    assert "[lambda]" in result.stdout  # the argument's own finding is reported
 
 
 def test_single_pair_factory_is_named_as_the_call_in_messages(project):
