@@ -1695,15 +1695,19 @@ class ProcessPoolExecutor(Executor):
         manager = self._executor_manager_thread
         wakeup = self._executor_manager_thread_wakeup
         if manager is None and self._stopping_manager is not None:
-            # An earlier shutdown(wait=False) dropped the references: this
-            # call still wakes the manager (kill_workers) and waits for it.
-            manager, wakeup = self._stopping_manager
+            # An earlier shutdown(wait=False) dropped the references. Like the
+            # stdlib, a later call does not wait for the jobs it let finish;
+            # but a kill asked for now is carried out (and waited for) at once.
+            stopping, wakeup = self._stopping_manager
+            if self._flags.kill_workers:
+                manager = stopping
         if wakeup is not None:
             with self._shutdown_lock:
                 wakeup.wakeup()
         if manager is None:
-            # Never started: nobody else will close the queues.
-            self._close_unused_queues()
+            if self._stopping_manager is None:
+                # Never started: nobody else will close the queues.
+                self._close_unused_queues()
         elif wait:
             if manager is not threading.current_thread():
                 manager.join()

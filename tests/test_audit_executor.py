@@ -202,3 +202,22 @@ def test_a_later_shutdown_keeps_or_honours_kill_workers(order):
             assert worker.exitcode is not None and worker.exitcode < 0
     finally:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+def test_a_plain_shutdown_after_shutdown_no_wait_does_not_wait():
+    # Like the stdlib (and loky): the second call does not wait for the jobs
+    # the first one let run; a third one asking for the kill still gets it.
+    executor = ProcessPoolExecutor(max_workers=1)
+    try:
+        future = executor.submit(_sleep_then_return, 30)
+        workers = list(executor._processes.values())
+        executor.shutdown(wait=False)
+        executor.shutdown(wait=True)
+        assert not future.done()
+        executor.shutdown(wait=True, kill_workers=True)
+        assert isinstance(future.exception(timeout=60), pe.ShutdownExecutorError)
+        for worker in workers:
+            worker.join()
+            assert worker.exitcode is not None and worker.exitcode < 0
+    finally:
+        executor.shutdown(wait=True, kill_workers=True)
