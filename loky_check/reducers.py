@@ -165,11 +165,22 @@ class ReducerResult:
         )
         lines.append(f"{_INDENT}counterexample: {self.counterexample}   ({how})")
         lines.append(f"{_INDENT}{self.difference}  [{self.category}]")
+        if self.source and self.source != "listed explicitly":
+            origin = f"reducer from {self.source}"
+        else:  # no reducer registered: the type's own pickling is under test
+            origin = "type listed explicitly, pickled its default way"
         lines.append(
             f"{_INDENT}The example {_STAGE_TEXT.get(self.stage or '', 'failed')}"
-            f" (reducer from {self.source or 'an explicit type'})."
+            f" ({origin})."
         )
         fix = _STAGE_FIX.get(self.stage or "", "")
+        if fix and self.reducer_function is None and self.stage in ("compare", "dump"):
+            short = self.type.rsplit(".", 1)[-1]
+            fix = (
+                f"make {short}'s __getstate__ / __reduce__ keep every field"
+                if self.stage == "compare"
+                else f"make {short}'s __getstate__ / __reduce__ handle every value"
+            ) + " (or register a reducer that does)."
         if fix:
             lines.append(f"{_INDENT}fix: {fix}")
         return "\n".join(lines)

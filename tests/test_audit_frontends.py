@@ -3,6 +3,7 @@ plugin): regressions for what a user could hit that the other suites missed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -413,3 +414,31 @@ def test_result_load_diagnosis_never_raises_on_garbage():
     error = RuntimeError("x")
     annotate_result_load_failure(error, b"not a pickle")
     assert not getattr(error, "__notes__", None)
+
+
+@dataclasses.dataclass
+class ForgetfulCache:
+    """Listed explicitly, no reducer: its own __getstate__ loses a field."""
+
+    key: str
+    hits: int = 0
+
+    def __getstate__(self):
+        return {"key": self.key}
+
+
+def test_explicit_type_without_reducer_reads_as_default_pickling():
+    from loky import ProcessPoolExecutor
+    from loky_check import check_reducers
+
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        [result] = check_reducers([ForgetfulCache], max_examples=20, executor=pool)
+    assert not result.ok
+    assert result.reducer == "default pickling"
+    assert result.difference == ".hits: 1 != 0"
+    text = str(result)
+    assert "reducer from listed explicitly" not in text
+    assert "type listed explicitly, pickled its default way" in text
+    assert (
+        "fix: make ForgetfulCache's __getstate__ / __reduce__ keep every field" in text
+    )
