@@ -34,7 +34,7 @@ _MAIN_MARKERS = (b"__main__", b"__mp_main__")
 _BISECT_THRESHOLD = 8
 # Give up descending into a structure that overflows the recursion limit after
 # this many steps of different types (a deep chain is reported at its top).
-_MAX_RECURSION_DESCENT = 12
+_MAX_RECURSION_DESCENT = 16
 
 
 # ----------------------------------------------------------------------------
@@ -757,6 +757,48 @@ def _find_bad(
     )
 
 
+def _chain_top(node: _Node, max_period: int = 3) -> _Node | None:
+    """The top of the self-similar chain ``node`` lies in, or None.
+
+    The path to ``node`` is a list of links (type of the object, step taken
+    from it). A chain is a run of links repeating with a period of 1 to
+    ``max_period`` (``[0][0]...``, ``.next.next...``, ``[0]['n'][0]['n']...``)
+    seen at least twice; its top is the first node of the run: ``a['cfg']``
+    for ``{'cfg': [[[...]]]}``, not ``a``.
+    """
+    nodes = []
+    current: _Node | None = node
+    while current is not None and len(nodes) < 4 * _MAX_RECURSION_DESCENT:
+        nodes.append(current)
+        current = current.parent
+    nodes.reverse()
+    links = [
+        (type(nodes[i].obj), nodes[i + 1].path[len(nodes[i].path) :])
+        for i in range(len(nodes) - 1)
+    ]
+    for period in range(1, max_period + 1):
+        if len(links) < 2 * period:
+            break
+        start = len(links) - period
+        while start > 0 and links[start - 1] == links[start - 1 + period]:
+            start -= 1
+        if len(links) - start >= 2 * period:
+            return nodes[start]
+    return None
+
+
+def _below(node: _Node, top: _Node) -> bool:
+    """Whether ``node`` hangs below a child of ``top`` (not from ``top`` itself)."""
+    current = node.parent
+    while current is not None:
+        if current.parent is top:
+            return True
+        if current is top:
+            return False
+        current = current.parent
+    return False
+
+
 def _ancestor_ids(node: _Node) -> set[int]:
     ids = set()
     current = node
@@ -863,13 +905,18 @@ class Walker:
             self._culprit(node, tester)
             return
         self._keepalive.append(children)
-        if recursion and (
-            # a one-child link of a self-similar chain: its top is the culprit
-            (len(children) == 1 and type(children[0].obj) is type(obj))
-            or node.recursion_run >= _MAX_RECURSION_DESCENT
-        ):
-            self._culprit(node, tester)
-            return
+        if recursion:
+            top = _chain_top(node)
+            if top is not None:
+                # a self-similar chain: its top is the culprit; what was queued
+                # below its first link is part of the chain, not news
+                stack[:] = [n for n in stack if not _below(n, top)]
+                top.status = node.status  # the top's own may predate masking
+                self._culprit(top, tester)
+                return
+            if node.recursion_run >= _MAX_RECURSION_DESCENT:
+                self._culprit(node, tester)
+                return
         bad = _find_bad(children, tester, self.masked, known_bad=False)
         if any(_is_ancestor(node, b[0].obj) for b in bad):
             # A child leading back to an ancestor fails because the ancestor
@@ -880,16 +927,6 @@ class Walker:
         if not bad:
             self._culprit(node, tester)
             return
-        if recursion:
-            bad_recursive = [
-                b
-                for b in bad
-                if isinstance(b[1].exc, RecursionError) and type(b[0].obj) is type(obj)
-            ]
-            if bad_recursive:
-                # a self-similar chain: report its top
-                self._culprit(node, tester)
-                bad = [b for b in bad if not isinstance(b[1].exc, RecursionError)]
         seen_now = len(self.culprits)
         # The object's own class is judged last (pushed first): a culprit the
         # instance holds is named at its own path (``.lock``), not where the

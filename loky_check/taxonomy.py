@@ -277,12 +277,12 @@ def categorize(
         return "reduce_error"
     if stage == "load":
         return "unpickle_error"
-    if is_c_type(type(obj)) or _c_state_refused(exc):
+    if is_c_type(type(obj)) or _c_state_refused(obj, exc):
         return "c_extension"
     return "other"
 
 
-def _c_state_refused(exc: BaseException | None) -> bool:
+def _c_state_refused(obj: Any, exc: BaseException | None) -> bool:
     """The interpreter's own refusal for an object whose state lives in C
     (``cannot pickle 'zlib.Compress' object``): C extension types built with
     ``PyType_FromSpec`` are heap types, so the type flag alone misses them."""
@@ -292,7 +292,11 @@ def _c_state_refused(exc: BaseException | None) -> bool:
         text = str(exc)
     except Exception:
         return False
-    return text.startswith("cannot pickle '") and text.endswith("' object")
+    if not (text.startswith("cannot pickle '") and text.endswith("' object")):
+        return False
+    # about this very object, not something inside it
+    name = text[len("cannot pickle '") : -len("' object")]
+    return name.rsplit(".", 1)[-1] == type(obj).__name__
 
 
 def choose_remedy(

@@ -228,3 +228,48 @@ def test_a_culprit_the_instance_holds_is_named_at_the_instance_path():
         f"{__name__}.test_a_culprit_the_instance_holds_is_named_at_the_instance_path"
         ".<locals>.Guarded",
     )
+
+
+class _Link:
+    def __init__(self, value, nxt):
+        self.value = value
+        self.next = nxt
+
+
+def _chain(make, depth=None):
+    value = None
+    for _ in range(depth or too_deep_to_pickle(3)):
+        value = make(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    "make, type_",
+    [
+        (lambda v: {"n": v}, "builtins.dict"),
+        (lambda v: [v], "builtins.list"),
+        (lambda v: (v,), "builtins.tuple"),
+        (lambda v: _Link(0, v), f"{__name__}._Link"),
+        (lambda v: [{"n": v}], "builtins.list"),  # a chain of period 2
+    ],
+    ids=["dict", "list", "tuple", "object", "period2"],
+)
+def test_a_deep_chain_is_reported_at_its_own_top(make, type_):
+    # {'cfg': chain}: the culprit is the chain at a['cfg'], not the dict
+    # holding it, even when that dict has the chain's own type.
+    report = check_call(target, ({"cfg": _chain(make)},))
+    [finding] = report.findings
+    assert (finding.path, finding.type, finding.category) == (
+        "a['cfg']",
+        type_,
+        "recursion",
+    ), str(report)
+
+
+def test_a_chain_holding_a_shared_lock_gets_both_findings_right():
+    import threading
+
+    lock = threading.Lock()
+    report = check_call(target, ({"cfg": _chain(lambda v: _Link(lock, v))},))
+    got = [(f.path, f.category) for f in report.findings]
+    assert got == [("a['cfg'].value", "sync_primitive"), ("a['cfg']", "recursion")]
