@@ -97,6 +97,14 @@ def _floats_equal(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
+def _decimals_equal(a: Any, b: Any) -> bool:
+    """``==``, except that a NaN equals the same NaN (sign, quiet or
+    signalling, payload): ``Decimal('NaN') != Decimal('NaN')`` like a float."""
+    if a.is_nan() or b.is_nan():
+        return a.is_nan() and b.is_nan() and a.compare_total(b) == 0
+    return a == b
+
+
 def _has_own_eq(type_: type) -> bool:
     eq = getattr(type_, "__eq__", None)
     return eq is not None and eq is not object.__eq__
@@ -179,6 +187,9 @@ class _Comparer:
         if isinstance(a, complex):
             same = _floats_equal(a.real, b.real) and _floats_equal(a.imag, b.imag)
             return None if same else f"{where}: {a!r} != {b!r}"
+        decimal = sys.modules.get("decimal")
+        if decimal is not None and isinstance(a, decimal.Decimal):
+            return None if _decimals_equal(a, b) else f"{where}: {a!r} != {b!r}"
 
         if isinstance(a, _BY_REFERENCE):
             return (

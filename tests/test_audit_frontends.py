@@ -4,6 +4,7 @@ plugin): regressions for what a user could hit that the other suites missed."""
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 import subprocess
 from pathlib import Path
@@ -442,3 +443,33 @@ def test_explicit_type_without_reducer_reads_as_default_pickling():
     assert (
         "fix: make ForgetfulCache's __getstate__ / __reduce__ keep every field" in text
     )
+
+
+@dataclasses.dataclass
+class Price:
+    amount: decimal.Decimal
+
+
+def _reduce_price(price):
+    return Price, (price.amount,)
+
+
+def test_decimal_nan_round_trips_as_equal():
+    """hypothesis draws Decimal NaNs; a faithful reducer keeps them, and
+    Decimal('NaN') != Decimal('NaN') must not read as a loss."""
+    from loky import ProcessPoolExecutor
+    from loky_check import check_reducers
+    from loky_check.equality import difference
+
+    nan = decimal.Decimal("NaN")
+    assert difference(nan, decimal.Decimal("NaN")) is None
+    assert difference(decimal.Decimal("sNaN"), decimal.Decimal("sNaN")) is None
+    assert difference(nan, decimal.Decimal("-NaN")) is not None
+    assert difference(nan, decimal.Decimal("1")) is not None
+    assert difference(decimal.Decimal("1"), decimal.Decimal("2")) is not None
+
+    with ProcessPoolExecutor(
+        max_workers=1, job_reducers={Price: _reduce_price}
+    ) as pool:
+        [result] = check_reducers([Price], max_examples=100, executor=pool)
+    assert result.ok, str(result)
