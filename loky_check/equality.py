@@ -407,8 +407,15 @@ class _Comparer:
     def _compare_numpy_scalar(self, a: Any, b: Any, where: str) -> str | None:
         np = _numpy()
         try:
-            same = bool(a == b) or (
-                a.dtype.kind in "fc" and bool(np.isnan(a)) and bool(np.isnan(b))
+            same = (
+                bool(a == b)
+                or (a.dtype.kind in "fc" and bool(np.isnan(a)) and bool(np.isnan(b)))
+                or (
+                    a.dtype.kind in "mM"
+                    and a.dtype == b.dtype
+                    and bool(np.isnat(a))
+                    and bool(np.isnat(b))
+                )
             )
         except Exception:
             same = a.tobytes() == b.tobytes()

@@ -473,3 +473,13 @@ def test_decimal_nan_round_trips_as_equal():
     ) as pool:
         [result] = check_reducers([Price], max_examples=100, executor=pool)
     assert result.ok, str(result)
+
+
+def test_numpy_nat_scalars_compare_equal():
+    np = pytest.importorskip("numpy")
+    from loky_check.equality import difference
+
+    assert difference(np.datetime64("NaT"), np.datetime64("NaT")) is None
+    assert difference(np.timedelta64("NaT"), np.timedelta64("NaT")) is None
+    assert difference(np.datetime64("NaT", "s"), np.datetime64("NaT", "ms")) is not None
+    assert difference(np.datetime64("NaT"), np.datetime64(1, "s")) is not None
