@@ -421,7 +421,7 @@ def check_return_value(
     inside it; a value that pickles but cannot be loaded (in the worker or
     the parent) is an ``unpickle_error`` with ``stage="load"``.
     """
-    from .engine import check_call, describe_callable
+    from .engine import _superseded_dropped, check_call, describe_callable
 
     kwargs = dict(kwargs or {})
     target = describe_callable(fn)
@@ -444,6 +444,8 @@ def check_return_value(
             pickle.loads(probe["payload"])
         except Exception as exc:  # noqa: BLE001 - fails to load in the parent
             findings.append(_finding(name, exc, "load", type_name))
+    # a by-value function whose cell fails to load back: one finding, at the cell
+    findings = _superseded_dropped(findings)
     return Report(target=target, pickler="pickle", findings=findings)
 
 

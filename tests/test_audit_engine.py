@@ -89,19 +89,27 @@ def test_the_main_scan_finds_both_main_names():
 
 
 @pytest.fixture
-def parent_only_module(monkeypatch):
-    """A module only the parent has; loky's reusable executor stopped afterwards."""
+def stop_reusable_executor():
+    """The probes run on loky's reusable executor: stop its worker afterwards."""
+    import sys
+
+    yield
+    storage = sys.modules.get("loky.reusable_executor")
+    executor = getattr(getattr(storage, "_executor_storage", None), "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
+@pytest.fixture
+def parent_only_module(monkeypatch, stop_reusable_executor):
+    """A module only the parent has (workers cannot import it)."""
     import sys
     import types
 
     module = types.ModuleType("lc_audit_parent_only")
     exec("def helper(x):\n    return x\n", module.__dict__)
     monkeypatch.setitem(sys.modules, "lc_audit_parent_only", module)
-    yield module
-    storage = sys.modules.get("loky.reusable_executor")
-    executor = getattr(getattr(storage, "_executor_storage", None), "executor", None)
-    if executor is not None:
-        executor.shutdown(wait=True)
+    return module
 
 
 def test_by_value_function_whose_closure_cannot_load_in_the_worker(
@@ -142,7 +150,7 @@ def test_by_value_function_whose_closure_cannot_load_in_the_worker(
     assert not report.ok
 
 
-def test_a_by_value_function_that_loads_keeps_its_warning(parent_only_module):
+def test_a_by_value_function_that_loads_keeps_its_warning(stop_reusable_executor):
     report = check_call(target, (lambda x: x,), in_worker=True)
     [finding] = report.findings
     assert (finding.path, finding.category, finding.severity, finding.stage) == (
@@ -273,3 +281,38 @@ def test_a_chain_holding_a_shared_lock_gets_both_findings_right():
     report = check_call(target, ({"cfg": _chain(lambda v: _Link(lock, v))},))
     got = [(f.path, f.category) for f in report.findings]
     assert got == [("a['cfg'].value", "sync_primitive"), ("a['cfg']", "recursion")]
+
+
+class _RefusesSetstate:
+    def __init__(self):
+        self.value = 1
+
+    def __setstate__(self, state):
+        raise ValueError("setstate refuses")
+
+
+def _returns_a_closure_over_a_bad_value():
+    bad = _RefusesSetstate()
+    return lambda: bad
+
+
+def test_a_returned_closure_whose_cell_cannot_load_back_has_one_finding(
+    stop_reusable_executor,
+):
+    from loky_check import check_return_value
+
+    report = check_return_value(_returns_a_closure_over_a_bad_value)
+    [finding] = report.findings
+    assert (
+        finding.argument,
+        finding.path,
+        finding.type,
+        finding.category,
+        finding.stage,
+    ) == (
+        "result",
+        "result.<closure bad>",
+        f"{__name__}._RefusesSetstate",
+        "unpickle_error",
+        "load",
+    ), str(report)
