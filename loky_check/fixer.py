@@ -635,7 +635,8 @@ def apply_plan(plan: FixPlan) -> None:
                 f"cannot fix {_display_path(rewrite.path)}: it changed while loky-check ran"
             )
     for rewrite in changed:
-        _atomic_write(rewrite.path, rewrite.new, rewrite.encoding)
+        # Through a symlink: rewrite its target, keep the link a link.
+        _atomic_write(os.path.realpath(rewrite.path), rewrite.new, rewrite.encoding)
 
 
 def _atomic_write(path: str, text: str, encoding: str = "utf-8") -> None:

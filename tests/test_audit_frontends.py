@@ -483,3 +483,35 @@ def test_numpy_nat_scalars_compare_equal():
     assert difference(np.timedelta64("NaT"), np.timedelta64("NaT")) is None
     assert difference(np.datetime64("NaT", "s"), np.datetime64("NaT", "ms")) is not None
     assert difference(np.datetime64("NaT"), np.datetime64(1, "s")) is not None
+
+
+def test_fix_through_a_symlink_rewrites_the_target_and_keeps_the_link(tmp_path):
+    real = tmp_path / "shared" / "tasks_impl.py"
+    real.parent.mkdir()
+    real.write_text(
+        "def make():\n    def inner(v):\n        return v\n    return inner\n\n\n"
+        "def apply(fn, v):\n    return fn(v)\n"
+    )
+    _helpers.write_files(
+        tmp_path,
+        {
+            "lnk/__init__.py": "",
+            "lnk/calls.py": """
+                from lnk.tasks import make
+
+                def calls():
+                    return ((make(), 1), {})
+                """,
+        },
+    )
+    link = tmp_path / "lnk" / "tasks.py"
+    try:
+        link.symlink_to(real)
+    except OSError:
+        pytest.skip("no symlinks here")
+    result = run_cli(
+        "lnk.tasks:apply", "--args-from", "lnk.calls:calls", "--fix", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink()
+    assert "    @wrap_non_picklable_objects\n    def inner(v):" in real.read_text()
