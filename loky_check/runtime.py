@@ -1073,7 +1073,9 @@ def diagnose_result_load_failure(payload: bytes) -> Report | None:
                 exc=error,
                 wrap_fixes=True,
             )
-            message = f"{texts.message} ({taxonomy.describe_exception(error)})"
+            # The texts speak of loading in a worker; here the parent loads.
+            message = texts.message.replace("in the worker", "in the parent")
+            message = f"{message} ({taxonomy.describe_exception(error)})"
             fix = texts.fix
             summary = owner
         else:

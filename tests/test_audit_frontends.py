@@ -515,3 +515,15 @@ def test_fix_through_a_symlink_rewrites_the_target_and_keeps_the_link(tmp_path):
     assert result.returncode == 0, result.stderr
     assert link.is_symlink()
     assert "    @wrap_non_picklable_objects\n    def inner(v):" in real.read_text()
+
+
+def test_result_naming_a_module_the_parent_cannot_import_is_diagnosed():
+    from loky_check.runtime import diagnose_result_load_failure
+
+    # (7, None, {'k': nosuch_module_for_audit.Thing()}) in protocol 0
+    payload = b"(I7\nN(dp0\nVk\ncnosuch_module_for_audit\nThing\n)Rst."
+    [finding] = diagnose_result_load_failure(payload).findings
+    assert (finding.argument, finding.path) == ("result", "result['k']")
+    assert finding.type == "nosuch_module_for_audit.Thing"
+    assert finding.category == "not_importable"
+    assert "in the parent" in finding.message
