@@ -51,7 +51,6 @@ manager reads it, resolves the future and forgets the task.
 
 from __future__ import annotations
 
-import copyreg
 import faulthandler
 import gc
 import importlib.util
@@ -78,7 +77,6 @@ from pickle import loads as _pickle_loads
 
 from . import _base
 from .backend import get_context
-from .backend import reduction as _reduction
 from .backend.context import cpu_count
 from .backend.queues import Queue, SimpleQueue
 from .backend.reduction import get_loky_pickler, get_loky_pickler_name, set_loky_pickler
@@ -631,12 +629,8 @@ class _ResultPipe:
             return
         # Rebuilt when set_loky_pickler() changed the class (each task carries
         # the parent's) or a task registered reducers (register()/copyreg).
-        key = (
-            get_loky_pickler(),
-            getattr(_reduction, "_dispatch_table_version", None),
-            len(_reduction._dispatch_table),
-            len(copyreg.dispatch_table),
-        )
+        pickler_class = get_loky_pickler()
+        key = (pickler_class, pickler_class._tables_generation())
         if key != self._pickler_key:
             self._buffer = io.BytesIO()
             self._pickler = key[0](

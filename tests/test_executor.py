@@ -587,9 +587,10 @@ class CountingSimpleQueue(SimpleQueue):
     """A result queue whose own put() must be honoured by the workers."""
 
     def put(self, obj):
-        if type(obj) is tuple:
-            work_id, exception, result = obj
-            obj = (work_id, exception, ("via subclass", result))
+        from loky.process_executor import _ResultItem
+
+        if isinstance(obj, _ResultItem):
+            obj = _ResultItem(obj.work_id, obj.exception, ("via subclass", obj.result))
         super().put(obj)
 
 
@@ -661,3 +662,27 @@ def test_context_may_be_given_by_name():
         assert executor.submit(abs, -2).result(timeout=60) == 2
     with pytest.raises(ValueError, match="Unknown context 'threads'"):
         ProcessPoolExecutor(max_workers=1, context="threads")
+
+
+class Relabelled:
+    pass
+
+
+def register_tag_and_return(tag):
+    """Runs in a worker: (re)register a reducer for Relabelled, return an instance."""
+    import copyreg
+
+    copyreg.pickle(Relabelled, lambda obj: (str, (tag,)))
+    return Relabelled()
+
+
+def test_a_reducer_replaced_in_a_worker_is_used_for_the_next_result():
+    import copyreg
+
+    try:
+        with ProcessPoolExecutor(max_workers=1) as executor:
+            first = executor.submit(register_tag_and_return, "one").result(timeout=60)
+            second = executor.submit(register_tag_and_return, "two").result(timeout=60)
+    finally:
+        copyreg.dispatch_table.pop(Relabelled, None)
+    assert (first, second) == ("one", "two")
