@@ -630,6 +630,21 @@ def _reason(exc: BaseException) -> str:
     return f"hypothesis cannot build it ({taxonomy.describe_exception(exc, limit=120)})"
 
 
+def _mentions_callable(hint: Any, depth: int = 0) -> bool:
+    """Whether ``hint`` is or holds ``Callable`` (``Optional[Callable[..]]``,
+    ``list[Callable]``...)."""
+    import collections.abc
+    import typing
+
+    if depth > 20:
+        return False
+    if hint is collections.abc.Callable or hint is typing.Callable:
+        return True
+    if typing.get_origin(hint) is collections.abc.Callable:
+        return True
+    return any(_mentions_callable(arg, depth + 1) for arg in typing.get_args(hint))
+
+
 def _type_hints(fn: Any) -> dict[str, Any]:
     """The hints of the parameters ``inspect.signature(fn)`` shows.
 
@@ -708,6 +723,13 @@ def example_calls(
                 "if hypothesis cannot build its type) or use --args-from"
             )
         strategy = _registered(hint)
+        if strategy is None and _mentions_callable(hint):
+            raise TargetError(
+                f"cannot build examples for parameter {name!r} ({_hint_text(hint)}) of "
+                f"{target}: hypothesis would invent a function that carries hypothesis' "
+                "own state, not one the deployment passes; use --args-from with the "
+                "real callables"
+            )
         if strategy is None:
             try:
                 strategy = st.from_type(hint)

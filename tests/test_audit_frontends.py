@@ -49,6 +49,7 @@ def project(tmp_path_factory) -> Path:
             """,
         "app/shapes.py": """
             import functools
+            from typing import Callable, Optional
 
             class Job:
                 def __init__(self, n: int, name: str = "job"):
@@ -64,6 +65,12 @@ def project(tmp_path_factory) -> Path:
                 return a + b
 
             add_one = functools.partial(add, 1)
+
+            def apply(fn: Callable[[int], int], x: int) -> int:
+                return fn(x)
+
+            def maybe(fn: Optional[Callable[[], None]] = None, *, hooks: list[Callable]):
+                pass
             """,
         "app/noreducers.py": """
             SETTING = 1
@@ -208,6 +215,24 @@ def test_fix_keeps_the_source_encoding(tmp_path, encoding, prefix):
     again = run_cli(*argv, "--fix", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "target, parameter",
+    [
+        ("app.shapes:apply", "'fn' (Callable[[int], int])"),
+        ("app.shapes:maybe", "'hooks'"),
+    ],
+)
+def test_examples_refuse_to_invent_callables(project, target, parameter):
+    """hypothesis' invented functions close over hypothesis internals (weakrefs):
+    checking them blamed hypothesis, not the user's code."""
+    result = run_cli(target, "--examples", "3", cwd=project)
+    assert_one_line_exit_2(
+        result,
+        f"cannot build examples for parameter {parameter}",
+        "use --args-from with the real callables",
+    )
 
 
 def test_reducers_module_that_registers_nothing_says_so(project):
