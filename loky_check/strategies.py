@@ -117,7 +117,25 @@ def explain_unbuildable(type_: type) -> str | None:
                 f"parameter {parameter.name!r} of {type_.__qualname__}() is required"
                 " and has no type hint"
             )
+        hint = hints.get(parameter.name, parameter.annotation)
+        if _mentions_callable(hint):
+            # hypothesis invents functions closing over its own state (weakrefs):
+            # no pickler carries them, so every reducer would seem to fail.
+            return (
+                f"parameter {parameter.name!r} of {type_.__qualname__}() is a Callable"
+                " (hypothesis would invent functions holding its own unpicklable"
+                " state)"
+            )
     return None
+
+
+def _mentions_callable(hint: Any) -> bool:
+    from .targets import _mentions_callable as mentions
+
+    try:
+        return mentions(hint)
+    except Exception:  # an odd hint: let hypothesis decide
+        return False
 
 
 def _own_dicts(type_: type) -> set[str]:

@@ -7,6 +7,7 @@ import dataclasses
 import decimal
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import _helpers
@@ -552,3 +553,43 @@ def test_result_naming_a_module_the_parent_cannot_import_is_diagnosed():
     assert finding.type == "nosuch_module_for_audit.Thing"
     assert finding.category == "not_importable"
     assert "in the parent" in finding.message
+
+
+def _increment(v: int) -> int:
+    return v + 1
+
+
+@dataclasses.dataclass
+class Hooked:
+    name: str
+    hook: Callable[[int], int]
+
+
+def _reduce_hooked(obj):
+    return Hooked, (obj.name, obj.hook)
+
+
+def test_reducer_of_a_type_with_a_callable_field_needs_a_strategy():
+    """Not a false 'reduce_error' blaming hypothesis' own weakrefs: the type
+    asks for a strategy; with one registered, the faithful reducer holds."""
+    from hypothesis import strategies as st
+
+    from loky import ProcessPoolExecutor
+    from loky_check import check_reducers, register_strategy
+    from loky_check.strategies import _STRATEGY_REGISTRY
+
+    with ProcessPoolExecutor(
+        max_workers=1, job_reducers={Hooked: _reduce_hooked}
+    ) as pool:
+        [result] = check_reducers([Hooked], max_examples=10, executor=pool)
+        assert not result.ok
+        assert "parameter 'hook' of Hooked() is a Callable" in result.difference
+        assert "loky_check.register_strategy(Hooked" in result.difference
+        register_strategy(
+            Hooked, st.builds(Hooked, name=st.text(), hook=st.just(_increment))
+        )
+        try:
+            [result] = check_reducers([Hooked], max_examples=10, executor=pool)
+        finally:
+            _STRATEGY_REGISTRY.pop(Hooked, None)
+    assert result.ok, str(result)
