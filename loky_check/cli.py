@@ -218,9 +218,28 @@ def _check(
             in_worker=True,
             target=target,
         )
+        if call.label.startswith("example "):
+            _refuse_hypothesis_artifacts(call_report, target)
         per_call.append(call_report)
         report = report.merge(call_report)
     return report, per_call
+
+
+def _refuse_hypothesis_artifacts(report: Any, target: str) -> None:
+    """A finding on an object hypothesis made for its own use (an
+    ``ArtificialRandom`` for a ``Hashable`` hint, a function closing over its
+    draw state) is about hypothesis, not the deployment: ask for a strategy."""
+    for finding in report.findings:
+        if str(finding.type).startswith("hypothesis.") or "_ConjectureData" in str(
+            finding.path
+        ):
+            name = finding.parameter or finding.argument
+            raise UsageError(
+                f"--examples: hypothesis built a {finding.type} for {name} of {target}, "
+                "one of its own objects that no real call passes; give that parameter "
+                "a concrete type hint, register a strategy with "
+                "loky_check.register_strategy, or use --args-from"
+            )
 
 
 def _run_calls(fn: Any, calls: list[Call], per_call: list[Any], report: Any) -> Any:

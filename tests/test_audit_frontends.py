@@ -50,7 +50,7 @@ def project(tmp_path_factory) -> Path:
             """,
         "app/shapes.py": """
             import functools
-            from typing import Callable, Optional
+            from typing import Callable, Hashable, Optional
 
             class Job:
                 def __init__(self, n: int, name: str = "job"):
@@ -71,6 +71,9 @@ def project(tmp_path_factory) -> Path:
                 return fn(x)
 
             def maybe(fn: Optional[Callable[[], None]] = None, *, hooks: list[Callable]):
+                pass
+
+            def keyed(key: Hashable) -> None:
                 pass
             """,
         "app/noreducers.py": """
@@ -233,6 +236,19 @@ def test_examples_refuse_to_invent_callables(project, target, parameter):
         result,
         f"cannot build examples for parameter {parameter}",
         "use --args-from with the real callables",
+    )
+
+
+def test_examples_blame_no_hypothesis_internal_object(project):
+    """For a Hashable hint hypothesis builds its own ArtificialRandom, which
+    does not load in a worker: that is hypothesis', not a user finding."""
+    result = run_cli("app.shapes:keyed", "--examples", "10", cwd=project)
+    if result.returncode == 0:
+        pytest.skip("this hypothesis version built no internal object")
+    assert_one_line_exit_2(
+        result,
+        "--examples: hypothesis built a hypothesis.",
+        "for key of app.shapes:keyed",
     )
 
 
