@@ -22,6 +22,7 @@ import io
 import itertools
 import pickle
 import reprlib
+import sys
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -110,10 +111,42 @@ class Tester:
         return _OK
 
 
+# Above this many bytes, first ask whether __main__ defines anything pickle
+# could name before scanning (a scan costs about one in-band copy of the data).
+_SCAN_PRECHECK_BYTES = 1 << 15
+
+
 def references_main(data: Any) -> bool:
     """Whether pickled bytes name a global of ``__main__`` (a cheap byte scan)."""
+    if len(data) > _SCAN_PRECHECK_BYTES and not main_defines_globals():
+        return False
     # one pass for the common suffix of both names; the exact test only on a hit
     return b"main__" in data and (b"__main__" in data or b"__mp_main__" in data)
+
+
+def main_defines_globals() -> bool:
+    """Whether ``__main__`` (or ``__mp_main__``) holds a function or class it
+    defines: pickle can only name a ``__main__`` global reachable from there
+    (under pytest or a console script it holds none, so no scan is needed)."""
+    for module_name in ("__main__", "__mp_main__"):
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        try:
+            values = list(vars(module).values())
+        except Exception:  # noqa: BLE001 - an odd module: scan to be safe
+            return True
+        for value in values:
+            kind = type(value)
+            if kind is types.FunctionType:
+                owner = value.__module__
+            elif issubclass(kind, type):
+                owner = type.__dict__["__module__"].__get__(value)
+            else:
+                continue
+            if owner in ("__main__", "__mp_main__"):
+                return True
+    return False
 
 
 def _std_dumps(obj: Any) -> bytes:

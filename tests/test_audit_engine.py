@@ -316,3 +316,25 @@ def test_a_returned_closure_whose_cell_cannot_load_back_has_one_finding(
         "unpickle_error",
         "load",
     ), str(report)
+
+
+def test_a_main_reference_in_a_large_call_is_still_found(monkeypatch):
+    import sys
+
+    namespace = {"__name__": "__main__"}
+    exec("def main_job(x):\n    return x\n", namespace)
+    monkeypatch.setattr(
+        sys.modules["__main__"], "main_job", namespace["main_job"], raising=False
+    )
+    payload = b"x" * (1 << 20)  # large enough for the __main__ precheck
+    report = check_call(target, (payload,), {"kw": namespace["main_job"]})
+    [finding] = report.findings
+    assert (finding.path, finding.category, finding.stage) == (
+        "kw",
+        "main_module",
+        "load",
+    )
+
+
+def test_a_large_clean_call_is_ok():
+    assert check_call(target, (b"x" * (1 << 20), "y" * (1 << 20))).ok
