@@ -381,6 +381,60 @@ class _SourceResult:
     added: list[tuple[int, str]]
     already: list[str]
     missing: list[DefinitionSite]
+    # Classes left alone: (site, line, qualname, why decorating would break them).
+    unsafe: list[tuple[DefinitionSite, int, str, str]] = field(default_factory=list)
+
+
+# Special methods a wrapped class keeps working with: a wrapped class builds
+# wrapper instances that delegate attributes and methods, but no other special
+# method (calling, ==, len, iteration, operators, with...).
+_SAFE_DUNDERS = frozenset(
+    {
+        "__init__",
+        "__new__",
+        "__post_init__",
+        "__getstate__",
+        "__setstate__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__getnewargs__",
+        "__getnewargs_ex__",
+        "__repr__",
+        "__str__",
+        "__format__",
+        "__init_subclass__",
+        "__class_getitem__",
+        "__set_name__",
+        "__del__",
+        "__getattr__",
+    }
+)
+
+
+def _wrap_breaks_class(node: cst.ClassDef) -> str | None:
+    """Why ``@wrap_non_picklable_objects`` would change what the class's
+    instances do, or None."""
+    for decorator in node.decorators:
+        expr = decorator.decorator
+        if isinstance(expr, cst.Call):
+            expr = expr.func
+        name = expr.attr.value if isinstance(expr, cst.Attribute) else None
+        if isinstance(expr, cst.Name):
+            name = expr.value
+        if name == "dataclass":
+            return "it is a dataclass: its instances would lose == (and every generated method but __init__)"
+    body = node.body.body if isinstance(node.body, cst.IndentedBlock) else ()
+    for statement in body:
+        if isinstance(statement, cst.FunctionDef):
+            name = statement.name.value
+            if (
+                name.startswith("__")
+                and name.endswith("__")
+                and name not in _SAFE_DUNDERS
+            ):
+                what = "callable" if name == "__call__" else f"usable through {name}"
+                return f"it defines {name}: its instances would stop being {what}"
+    return None
 
 
 def add_wrap_decorators(
@@ -403,6 +457,7 @@ def add_wrap_decorators(
     added: list[tuple[int, str]] = []
     already: list[str] = []
     missing: list[DefinitionSite] = []
+    unsafe: list[tuple[DefinitionSite, int, str, str]] = []
     for site in sites:
         candidates = [
             entry
@@ -427,15 +482,19 @@ def add_wrap_decorators(
         if any(_is_wrap_decorator(d) for d in node.decorators):
             already.append(f"{kind} {qualname}")
             continue
+        why = _wrap_breaks_class(node) if isinstance(node, cst.ClassDef) else None
+        if why is not None:
+            unsafe.append((site, def_line, qualname, why))
+            continue
         if node not in targets:
             targets.add(node)
             added.append((def_line, f"{kind} {qualname}"))
     if not targets:
-        return _SourceResult(source, [], already, missing)
+        return _SourceResult(source, [], already, missing, unsafe)
     # The wrapper's module is the tree the metadata (and so `targets`) refers to.
     new_module = wrapper.module.visit(_Decorate(targets))
     new_module = _add_import(new_module, local_names)
-    return _SourceResult(new_module.code, sorted(added), already, missing)
+    return _SourceResult(new_module.code, sorted(added), already, missing, unsafe)
 
 
 def _imports_loky(statement: cst.CSTNode) -> bool:
@@ -594,9 +653,19 @@ def plan_fixes(findings: Iterable[Any]) -> FixPlan:
                     f"(edited since it was loaded?); add @{DECORATOR} by hand",
                 )
             )
+        left_alone = {id(entry[0]) for entry in result.unsafe}
+        for _site, line, qualname, why in result.unsafe:
+            manual(
+                ManualFix(
+                    f"{_display_path(path)}:{line}",
+                    f"class {qualname}: not decorated, {why}; wrap the instance where "
+                    f"it is passed (loky.{DECORATOR}(obj)) or move the class to "
+                    "module level",
+                )
+            )
         plan.rewrites.append(FileRewrite(path, old, result.new, result.added, encoding))
         for site in sites:
-            if site not in result.missing:
+            if site not in result.missing and id(site) not in left_alone:
                 plan.fixed.extend(findings_at[site])
     return plan
 

@@ -609,3 +609,45 @@ def test_reducer_of_a_type_with_a_callable_field_needs_a_strategy():
         finally:
             _STRATEGY_REGISTRY.pop(Hooked, None)
     assert result.ok, str(result)
+
+
+WRAPPABLE_OR_NOT = """\
+import dataclasses
+
+
+def make():
+    class Plain:
+        def __init__(self, v):
+            self.v = v
+
+    class Scaler:  # used as a callable
+        def __call__(self, v):
+            return v * 2
+
+    @dataclasses.dataclass
+    class Row:
+        v: int
+
+    return Plain(1), Scaler(), Row(1)
+"""
+
+
+def test_fix_leaves_alone_classes_a_wrapper_would_break():
+    """A wrapped class makes wrapper instances that delegate attributes and
+    methods only: a class used through __call__ (or ==, len, ...) or a
+    dataclass would change behaviour, so it is a manual fix."""
+    from loky_check.fixer import DefinitionSite, add_wrap_decorators
+
+    sites = [
+        DefinitionSite("m.py", f"make.<locals>.{name}", None, "class")
+        for name in ("Plain", "Scaler", "Row")
+    ]
+    result = add_wrap_decorators(WRAPPABLE_OR_NOT, sites)
+    assert result.added == [(5, "class make.<locals>.Plain")]
+    assert "    @wrap_non_picklable_objects\n    class Plain:" in result.new
+    assert "    class Scaler:  # used as a callable" in result.new
+    assert "@wrap_non_picklable_objects\n    class Scaler" not in result.new
+    assert "@wrap_non_picklable_objects\n    @dataclasses.dataclass" not in result.new
+    reasons = {qualname: why for _site, _line, qualname, why in result.unsafe}
+    assert reasons["make.<locals>.Scaler"].startswith("it defines __call__")
+    assert reasons["make.<locals>.Row"].startswith("it is a dataclass")
