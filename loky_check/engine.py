@@ -11,6 +11,7 @@ remedy whose ``wrap`` advice is verified by a real round trip.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import pickle
 import types
@@ -109,6 +110,16 @@ def describe_callable(fn: Any) -> str:
         module = qualname = None
     if isinstance(module, str) and isinstance(qualname, str):
         return f"{module}:{qualname}"
+    if taxonomy.isa(fn, functools.partial):
+        # no address in the header: reports stay reproducible
+        return f"functools.partial({describe_callable(functools.partial.func.__get__(fn))})"
+    kind = type(fn)
+    if callable(fn) and not taxonomy.is_c_type(kind):
+        try:
+            owner = type.__dict__["__module__"].__get__(kind)
+            return f"{owner}:{type.__dict__['__qualname__'].__get__(kind)}.__call__"
+        except Exception:  # noqa: BLE001 - fall back to the bounded repr
+            pass
     return replay.safe_repr(fn)
 
 

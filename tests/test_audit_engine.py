@@ -338,3 +338,18 @@ def test_a_main_reference_in_a_large_call_is_still_found(monkeypatch):
 
 def test_a_large_clean_call_is_ok():
     assert check_call(target, (b"x" * (1 << 20), "y" * (1 << 20))).ok
+
+
+class _Callable:
+    def __call__(self, x):
+        return x
+
+
+def test_report_headers_name_partials_and_callable_instances_without_addresses():
+    import functools
+
+    assert (
+        check_call(functools.partial(target, 1), (2,)).target
+        == f"functools.partial({__name__}:target)"
+    )
+    assert check_call(_Callable(), (2,)).target == f"{__name__}:_Callable.__call__"
