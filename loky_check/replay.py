@@ -790,7 +790,9 @@ def _find_bad(
     )
 
 
-def _chain_top(node: _Node, max_period: int = 3) -> _Node | None:
+def _chain_top(
+    node: _Node, max_period: int = 3, by_type_only: bool = False
+) -> _Node | None:
     """The top of the self-similar chain ``node`` lies in, or None.
 
     The path to ``node`` is a list of links (type of the object, step taken
@@ -806,7 +808,10 @@ def _chain_top(node: _Node, max_period: int = 3) -> _Node | None:
         current = current.parent
     nodes.reverse()
     links = [
-        (type(nodes[i].obj), nodes[i + 1].path[len(nodes[i].path) :])
+        (
+            type(nodes[i].obj),
+            None if by_type_only else nodes[i + 1].path[len(nodes[i].path) :],
+        )
         for i in range(len(nodes) - 1)
     ]
     for period in range(1, max_period + 1):
@@ -948,7 +953,12 @@ class Walker:
                 self._culprit(top, tester)
                 return
             if node.recursion_run >= _MAX_RECURSION_DESCENT:
-                self._culprit(node, tester)
+                # no repeating step (distinct keys at each level): the top of
+                # the run repeating the same types
+                top = _chain_top(node, by_type_only=True) or node
+                stack[:] = [n for n in stack if not _below(n, top)]
+                top.status = node.status
+                self._culprit(top, tester)
                 return
         bad = _find_bad(children, tester, self.masked, known_bad=False)
         if any(_is_ancestor(node, b[0].obj) for b in bad):

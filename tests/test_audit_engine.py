@@ -353,3 +353,11 @@ def test_report_headers_name_partials_and_callable_instances_without_addresses()
         == f"functools.partial({__name__}:target)"
     )
     assert check_call(_Callable(), (2,)).target == f"{__name__}:_Callable.__call__"
+
+
+def test_a_deep_chain_with_distinct_keys_is_reported_at_the_top_of_its_run():
+    value = None
+    for i in range(too_deep_to_pickle(3)):
+        value = {f"k{i}": value}
+    [finding] = check_object(value, name="a", pickler="cloudpickle").findings
+    assert (finding.path, finding.category) == ("a", "recursion")
