@@ -38,7 +38,9 @@ class CloudpickledObjectWrapper:
         # (e.g. while unpickling, before __init__ has run).
         if attr not in ("_obj", "_keep_wrapper"):
             return getattr(self._obj, attr)
-        return getattr(self, attr)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {attr!r}"
+        )
 
 
 class CallableObjectWrapper(CloudpickledObjectWrapper):
@@ -69,7 +71,9 @@ def _wrap_objects_when_needed(obj: Any) -> Any:
     Used by downstream code (not by the executor): ``__main__`` objects, nested
     functions and lambdas are wrapped, recursing into ``functools.partial``.
     """
-    need_wrap = "__main__" in getattr(obj, "__module__", "")
+    module = getattr(obj, "__module__", None)
+    # Builtin methods have __module__ None.
+    need_wrap = isinstance(module, str) and "__main__" in module
     if isinstance(obj, partial):
         return partial(
             _wrap_objects_when_needed(obj.func),
