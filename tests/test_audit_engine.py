@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
+import threading
+
 import pytest
 from _helpers import too_deep_to_pickle
 
@@ -214,7 +219,7 @@ def test_multiprocessing_shared_values_are_sync_primitives():
         assert finding.type.startswith("multiprocessing.sharedctypes.Synchronized")
 
 
-_SHARED_LOCK = __import__("threading").Lock()
+_SHARED_LOCK = threading.Lock()
 
 
 def test_a_culprit_the_instance_holds_is_named_at_the_instance_path():
@@ -275,7 +280,6 @@ def test_a_deep_chain_is_reported_at_its_own_top(make, type_):
 
 
 def test_a_chain_holding_a_shared_lock_gets_both_findings_right():
-    import threading
 
     lock = threading.Lock()
     report = check_call(target, ({"cfg": _chain(lambda v: _Link(lock, v))},))
@@ -346,7 +350,6 @@ class _Callable:
 
 
 def test_report_headers_name_partials_and_callable_instances_without_addresses():
-    import functools
 
     assert (
         check_call(functools.partial(target, 1), (2,)).target
@@ -361,3 +364,147 @@ def test_a_deep_chain_with_distinct_keys_is_reported_at_the_top_of_its_run():
         value = {f"k{i}": value}
     [finding] = check_object(value, name="a", pickler="cloudpickle").findings
     assert (finding.path, finding.category) == ("a", "recursion")
+
+
+# ---------------------------------------------------------------------------
+# The path grammar of spec §2 in every nesting position, for culprits of
+# different kinds (the taxonomy-table tests cover five positions per row).
+
+_NT = collections.namedtuple("_NT", "a x")
+
+
+@dataclasses.dataclass
+class _DC:
+    x: object
+
+
+@dataclasses.dataclass(slots=True)
+class _SlotDC:
+    x: object
+
+
+_GLOBAL_CULPRIT = None
+
+
+def _reads_global():
+    return _GLOBAL_CULPRIT
+
+
+def _local_instance():
+    class Local:
+        pass
+
+    return Local()
+
+
+def _generator():
+    yield 1
+
+
+def _by_value_reader(monkeypatch, culprit):
+    # a by-value function (a lambda) reading a module global
+    monkeypatch.setitem(globals(), "_GLOBAL_CULPRIT", culprit)
+    return eval("lambda: _GLOBAL_CULPRIT", globals())
+
+
+_POSITIONS = {
+    # id -> (build (args, kwargs) from the culprit, argument, parameter, path)
+    "tuple": (lambda c, m: (((0, c),), {}), "args[0]", "a", "a[1]"),
+    "dict_key": (lambda c, m: (({"k": 0, c: 1},), {}), "args[0]", "a", "a.<key 1>"),
+    "set": (lambda c, m: (({c},), {}), "args[0]", "a", "a.<item 0>"),
+    "namedtuple": (lambda c, m: ((_NT(0, c),), {}), "args[0]", "a", "a.x"),
+    "dataclass": (lambda c, m: ((_DC(c),), {}), "args[0]", "a", "a.x"),
+    "slots_dataclass": (lambda c, m: ((_SlotDC(c),), {}), "args[0]", "a", "a.x"),
+    "partial_args": (
+        lambda c, m: ((functools.partial(target, 0, c),), {}),
+        "args[0]",
+        "a",
+        "a.args[1]",
+    ),
+    "partial_keywords": (
+        lambda c, m: ((functools.partial(target, kw=c),), {}),
+        "args[0]",
+        "a",
+        "a.keywords['kw']",
+    ),
+    "star_args": (lambda c, m: ((0, 1, 2, c), {}), "args[3]", "rest", "rest[1]"),
+    "star_kwargs": (
+        lambda c, m: ((0,), {"zz": c}),
+        "kwargs['zz']",
+        "opts",
+        "opts['zz']",
+    ),
+    "keyword_only": (lambda c, m: ((0,), {"kw": c}), "kwargs['kw']", "kw", "kw"),
+}
+_BY_VALUE_POSITIONS = {
+    "closure": (lambda c, m: (((lambda: c),), {}), "args[0]", "a", "a.<closure c>"),
+    "global": (
+        lambda c, m: ((_by_value_reader(m, c),), {}),
+        "args[0]",
+        "a",
+        "a.<global _GLOBAL_CULPRIT>",
+    ),
+}
+_CULPRITS = {
+    # id -> (factory, type, category, severity, remedy)
+    "lock": (
+        lambda: threading.Lock(),
+        "_thread.lock",
+        "sync_primitive",
+        "error",
+        "create_in_worker",
+    ),
+    "generator": (
+        _generator,
+        "builtins.generator",
+        "generator",
+        "error",
+        "materialize",
+    ),
+    "lambda": (lambda: lambda x: x, "builtins.function", "lambda", "warning", "wrap"),
+    "local_instance": (
+        _local_instance,
+        f"{__name__}._local_instance.<locals>.Local",
+        "local_class",
+        "warning",
+        "wrap",
+    ),
+}
+
+
+@pytest.mark.parametrize("position", [*_POSITIONS, *_BY_VALUE_POSITIONS])
+@pytest.mark.parametrize("culprit_id", list(_CULPRITS))
+def test_path_grammar_in_every_position(culprit_id, position, monkeypatch):
+    make, type_, category, severity, remedy = _CULPRITS[culprit_id]
+    if position in _BY_VALUE_POSITIONS and severity == "warning":
+        pytest.skip("loky's pickler carries the whole function: the finding is on it")
+    build, argument, parameter, path = {**_POSITIONS, **_BY_VALUE_POSITIONS}[position]
+    args, kwargs = build(make(), monkeypatch)
+    report = check_call(target, args, kwargs)
+    [finding] = report.findings
+    got = (
+        finding.argument,
+        finding.parameter,
+        finding.path,
+        finding.type,
+        finding.category,
+        finding.severity,
+        finding.remedy,
+        finding.stage,
+    )
+    assert got == (
+        argument,
+        parameter,
+        path,
+        type_,
+        category,
+        severity,
+        remedy,
+        "dump",
+    ), str(report)
+    data = report.to_dict()["findings"][0]
+    assert (data["argument"], data["parameter"], data["path"]) == (
+        argument,
+        parameter,
+        path,
+    )
