@@ -152,7 +152,13 @@ def _locate(a: Any, b: Any, path: str, depth: int, seen: set[int]) -> list[Diffe
         b, (types.FunctionType, type)
     ):
         return (
-            [] if _same_definition(a, b) else [Difference(path, a, f"{a!r} != {b!r}")]
+            []
+            if _same_definition(a, b)
+            else [
+                Difference(
+                    path, a, f"{replay.safe_repr(a, 80)} != {replay.safe_repr(b, 80)}"
+                )
+            ]
         )
     seen.add(id(a))
     eq = _own_eq(type(a))

@@ -508,3 +508,18 @@ def test_path_grammar_in_every_position(culprit_id, position, monkeypatch):
         parameter,
         path,
     )
+
+
+def test_fidelity_details_bound_each_repr():
+    from loky_check.fidelity import locate_differences
+
+    class LongRepr(type):
+        def __repr__(cls):
+            return "X" * 500
+
+    [difference] = locate_differences(
+        [LongRepr("A", (), {})], [LongRepr("B", (), {})], "a"
+    )
+    assert difference.path == "a[0]"
+    left, right = difference.detail.split(" != ")
+    assert len(left) <= 80 and len(right) <= 80
