@@ -114,11 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reducers",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="MODULE",
-        help="import MODULE (which registers reducers) and property-test every registered "
-        "reducer through a real worker; repeatable; may be given without TARGET",
+        help="import each MODULE (which registers reducers) and property-test every "
+        "registered reducer through a real worker; one or more, repeatable; may be "
+        "given without TARGET",
     )
     edit = parser.add_mutually_exclusive_group()
     edit.add_argument(
@@ -144,7 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_target_from_reducers(options: argparse.Namespace) -> None:
+    """``--reducers a b pkg.mod:func``: the modules end where the target (the
+    only argument with a ':') starts, wherever the target was written."""
+    targets_given = [item for item in options.reducers if ":" in item]
+    if not targets_given:
+        return
+    if options.target is not None or len(targets_given) > 1:
+        extra = targets_given[0] if options.target is not None else targets_given[1]
+        raise UsageError(
+            f"unrecognized arguments: {extra} (one TARGET; --reducers takes module "
+            f"names) (see {PROG} --help)"
+        )
+    options.target = targets_given[0]
+    options.reducers = [item for item in options.reducers if ":" not in item]
+
+
 def _validate(options: argparse.Namespace) -> None:
+    _take_target_from_reducers(options)
     if options.target is None:
         if not options.reducers:
             raise UsageError(

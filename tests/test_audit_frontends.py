@@ -79,6 +79,20 @@ def project(tmp_path_factory) -> Path:
         "app/noreducers.py": """
             SETTING = 1
             """,
+        "app/georeg.py": """
+            import dataclasses
+
+            from loky.backend.reduction import register
+
+            @dataclasses.dataclass
+            class Spot:
+                x: int
+
+            def reduce_spot(spot):
+                return Spot, (spot.x,)
+
+            register(Spot, reduce_spot)
+            """,
         "app/calls.py": """
             def with_lambda():
                 return [((1,), {}), ((lambda v: v,), {})]
@@ -250,6 +264,34 @@ def test_examples_blame_no_hypothesis_internal_object(project):
         "--examples: hypothesis built a hypothesis.",
         "for key of app.shapes:keyed",
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--reducers", "app.noreducers", "app.georeg"],
+        ["--reducers", "app.noreducers", "app.georeg", "app.work:work"],
+        ["app.work:work", "--reducers", "app.noreducers", "app.georeg"],
+        ["--reducers", "app.noreducers", "--reducers", "app.georeg"],
+    ],
+    ids=["modules", "modules-then-target", "target-then-modules", "repeated"],
+)
+def test_reducers_takes_several_modules(project, argv):
+    """The synopsis is `--reducers MODULE ...`: one flag, several modules; a
+    target written after them is still the target."""
+    result = run_cli(*argv, "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["type"] for r in report["reducers"]] == ["app.georeg.Spot"]
+    expected = "app.work:work" if "app.work:work" in argv else "reducers: "
+    assert report["target"].startswith(expected)
+
+
+def test_reducers_with_two_targets_is_a_usage_error(project):
+    result = run_cli(
+        "app.work:work", "--reducers", "app.georeg", "app.work:leaves", cwd=project
+    )
+    assert_one_line_exit_2(result, "unrecognized arguments: app.work:leaves")
 
 
 def test_reducers_module_that_registers_nothing_says_so(project):
