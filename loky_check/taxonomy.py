@@ -445,7 +445,12 @@ def texts(
         if loky_carries:
             message += " loky passes the descriptor itself; standard pickle cannot."
     elif category == "generator":
-        message = f"A {short_type.replace('Type', '').lower()} holds a running frame; no pickler can send its state."
+        if short_type in ("frame", "traceback"):
+            message = f"A {short_type} belongs to this process's call stack; no pickler can send it."
+        else:
+            kind = short_type.replace("Type", "").replace("_", " ").lower()
+            article = "An" if kind[:1] in "aeiou" else "A"
+            message = f"{article} {kind} holds a running frame; no pickler can send its state."
     elif category == "module":
         message = (
             "Standard pickle cannot store a module; cloudpickle stores it by name."
@@ -533,6 +538,12 @@ def _fix_text(
             return "pass the address and connect in the worker (initializer=...)."
         return "create it in the worker (initializer=...), or drop it in __getstate__."
     if remedy == "materialize":
+        if short_type in ("frame", "traceback"):
+            return "pass the text instead (traceback.format_tb / format_stack), not the object."
+        if short_type == "coroutine":
+            return f"await {path} in the parent and pass its result (or pass the coroutine function and its arguments)."
+        if short_type == "async_generator":
+            return f"pass a list instead: [x async for x in {path}]."
         return f"pass a list instead: list({path})."
     if remedy == "import_in_worker":
         return "import the module inside the function that runs in the worker; pass its name."

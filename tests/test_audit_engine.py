@@ -523,3 +523,28 @@ def test_fidelity_details_bound_each_repr():
     assert difference.path == "a[0]"
     left, right = difference.detail.split(" != ")
     assert len(left) <= 80 and len(right) <= 80
+
+
+def test_generator_row_texts_fit_the_culprit():
+    import sys
+
+    async def agen():
+        yield 1
+
+    def traceback_of():
+        try:
+            raise ValueError
+        except ValueError as exc:
+            return exc.__traceback__
+
+    cases = [
+        ((x for x in []), "A generator holds", "list(a)"),
+        (agen(), "An async generator holds", "[x async for x in a]"),
+        (sys._getframe(), "A frame belongs", "traceback.format_tb"),
+        (traceback_of(), "A traceback belongs", "traceback.format_tb"),
+    ]
+    for culprit, message, fix in cases:
+        [finding] = check_object(culprit, name="a").findings
+        assert (finding.category, finding.remedy) == ("generator", "materialize")
+        assert finding.message.startswith(message), finding.message
+        assert fix in finding.fix, finding.fix
