@@ -547,6 +547,11 @@ def _fix_text(
         return f"pass a list instead: list({path})."
     if remedy == "import_in_worker":
         return "import the module inside the function that runs in the worker; pass its name."
+    if remedy == "implement_reduce" and category == "weakref":
+        return (
+            "give the object holding it a __getstate__ / __reduce__ that leaves the weak"
+            " reference out (and re-creates it after loading), or pass the referent."
+        )
     if remedy == "implement_reduce":
         return (
             f"give {short_type} a __reduce__ (or loky.backend.reduction.register / copyreg.pickle"

@@ -548,3 +548,20 @@ def test_generator_row_texts_fit_the_culprit():
         assert (finding.category, finding.remedy) == ("generator", "materialize")
         assert finding.message.startswith(message), finding.message
         assert fix in finding.fix, finding.fix
+
+
+def test_weakref_fix_does_not_ask_to_give_the_weakref_type_a_reducer():
+    import weakref
+
+    class Referent:
+        pass
+
+    referent = Referent()
+    [finding] = check_call(target, ({"ref": weakref.ref(referent)},)).findings
+    assert (finding.path, finding.category, finding.remedy) == (
+        "a['ref']",
+        "weakref",
+        "implement_reduce",
+    )
+    assert "ReferenceType a __reduce__" not in finding.fix
+    assert "__getstate__" in finding.fix
