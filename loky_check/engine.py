@@ -248,6 +248,14 @@ def _summary(obj: Any, definition: Any, type_name: str, location: str | None) ->
     return type_name
 
 
+def _own_hook(obj: Any) -> str:
+    """The pickling hook ``obj``'s class defines in Python (``__reduce__``...)."""
+    try:
+        return replay._user_reducer_name(type(obj)) or ""
+    except Exception:  # noqa: BLE001 - only a nicer fix text
+        return ""
+
+
 def make_finding(
     culprit: replay.Culprit,
     argument: Argument,
@@ -317,7 +325,9 @@ def make_finding(
         exc=exc,
         wrap_fixes=wrap_fixes,
         loky_carries=bool(carried.get("loky")),
-        reducer_name=reduce_failure.reducer_name if reduce_failure else "",
+        reducer_name=reduce_failure.reducer_name
+        if reduce_failure
+        else (_own_hook(obj) if category == "fidelity" else ""),
         cloudpickle_carries=bool(carried.get("cloudpickle")),
     )
     if culprit.detail:

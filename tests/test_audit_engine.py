@@ -565,3 +565,26 @@ def test_weakref_fix_does_not_ask_to_give_the_weakref_type_a_reducer():
     )
     assert "ReferenceType a __reduce__" not in finding.fix
     assert "__getstate__" in finding.fix
+
+
+class _Float32Point:
+    def __init__(self, x):
+        self.x = x
+
+    def __reduce__(self):
+        import struct
+
+        return (_Float32Point, (struct.unpack("f", struct.pack("f", self.x))[0],))
+
+
+def test_a_fidelity_fix_names_the_hook_the_class_defines(stop_reusable_executor):
+    report = check_call(target, ({"p": _Float32Point(0.1)},), in_worker=True)
+    [finding] = report.findings
+    assert (finding.path, finding.category, finding.remedy, finding.stage) == (
+        "a['p']",
+        "fidelity",
+        "fix_reducer",
+        "load",
+    )
+    assert "_Float32Point's __reduce__ so that" in finding.fix
+    assert ".x: 0.1 != 0.10000000149" in finding.message
