@@ -328,6 +328,10 @@ class _Finder(cst.CSTVisitor):
     def __init__(self) -> None:
         self.scope: list[str] = []
         self.found: list[tuple[cst.CSTNode, str, set[int], int]] = []
+        self.kinds: list[str] = []  # "class" / "def" of each enclosing definition
+        self.methods: set[cst.CSTNode] = set()  # defs directly in a class body
+        self.owners: dict[cst.CSTNode, cst.ClassDef] = {}  # method -> its class
+        self.classes: list[cst.ClassDef] = []
 
     def _record(self, node: cst.FunctionDef | cst.ClassDef) -> None:
         qualname = ".".join([*self.scope, node.name.value])
@@ -340,17 +344,26 @@ class _Finder(cst.CSTVisitor):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self._record(node)
+        if self.kinds and self.kinds[-1] == "class":
+            self.methods.add(node)
+            self.owners[node] = self.classes[-1]
         self.scope.extend([node.name.value, "<locals>"])
+        self.kinds.append("def")
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         del self.scope[-2:]
+        self.kinds.pop()
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self._record(node)
         self.scope.append(node.name.value)
+        self.kinds.append("class")
+        self.classes.append(node)
 
     def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
         self.scope.pop()
+        self.kinds.pop()
+        self.classes.pop()
 
 
 class _Decorate(cst.CSTTransformer):
@@ -381,7 +394,7 @@ class _SourceResult:
     added: list[tuple[int, str]]
     already: list[str]
     missing: list[DefinitionSite]
-    # Classes left alone: (site, line, qualname, why decorating would break them).
+    # Left alone: (site, line, "class X" / "def X", why decorating would break it).
     unsafe: list[tuple[DefinitionSite, int, str, str]] = field(default_factory=list)
 
 
@@ -458,7 +471,8 @@ def add_wrap_decorators(
     already: list[str] = []
     missing: list[DefinitionSite] = []
     unsafe: list[tuple[DefinitionSite, int, str, str]] = []
-    for site in sites:
+
+    def match(site: DefinitionSite) -> list:
         candidates = [
             entry
             for entry in finder.found
@@ -469,11 +483,19 @@ def add_wrap_decorators(
             )
         ]
         if site.line is not None:
-            on_line = [entry for entry in candidates if site.line in entry[2]]
-            candidates = on_line
-        elif len(candidates) > 1:
-            # Redefinitions: the last one is the one bound at the end of the module.
-            candidates = candidates[-1:]
+            return [entry for entry in candidates if site.line in entry[2]]
+        # Redefinitions: the last one is the one bound at the end of the module.
+        return candidates[-1:]
+
+    # A class one of whose methods is itself sent to workers: a wrapped class
+    # would no longer have that method (the wrapper class holds only __init__).
+    sent_methods: dict[cst.CSTNode, str] = {}
+    for site in sites:
+        for entry in match(site):
+            if entry[0] in finder.methods:
+                sent_methods.setdefault(finder.owners[entry[0]], entry[1])
+    for site in sites:
+        candidates = match(site)
         if len(candidates) != 1:
             missing.append(site)
             continue
@@ -483,8 +505,18 @@ def add_wrap_decorators(
             already.append(f"{kind} {qualname}")
             continue
         why = _wrap_breaks_class(node) if isinstance(node, cst.ClassDef) else None
+        if node in sent_methods:
+            why = (
+                f"its method {sent_methods[node]} is sent to workers and a wrapped "
+                "class no longer has it"
+            )
+        if node in finder.methods:
+            why = (
+                "it is a method: wrapped, it would lose its binding to the instance "
+                "(or its staticmethod/classmethod descriptor)"
+            )
         if why is not None:
-            unsafe.append((site, def_line, qualname, why))
+            unsafe.append((site, def_line, f"{kind} {qualname}", why))
             continue
         if node not in targets:
             targets.add(node)
@@ -654,13 +686,21 @@ def plan_fixes(findings: Iterable[Any]) -> FixPlan:
                 )
             )
         left_alone = {id(entry[0]) for entry in result.unsafe}
-        for _site, line, qualname, why in result.unsafe:
+        for _site, line, what, why in result.unsafe:
+            if what.startswith("def "):
+                advice = (
+                    f"wrap the bound method where it is passed (loky.{DECORATOR}"
+                    "(obj.method)) or move the class to an importable module"
+                )
+            else:
+                advice = (
+                    f"wrap the instance where it is passed (loky.{DECORATOR}(obj)) "
+                    "or move the class to module level"
+                )
             manual(
                 ManualFix(
                     f"{_display_path(path)}:{line}",
-                    f"class {qualname}: not decorated, {why}; wrap the instance where "
-                    f"it is passed (loky.{DECORATOR}(obj)) or move the class to "
-                    "module level",
+                    f"{what}: not decorated, {why}; {advice}",
                 )
             )
         plan.rewrites.append(FileRewrite(path, old, result.new, result.added, encoding))

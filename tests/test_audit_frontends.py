@@ -691,5 +691,43 @@ def test_fix_leaves_alone_classes_a_wrapper_would_break():
     assert "@wrap_non_picklable_objects\n    class Scaler" not in result.new
     assert "@wrap_non_picklable_objects\n    @dataclasses.dataclass" not in result.new
     reasons = {qualname: why for _site, _line, qualname, why in result.unsafe}
-    assert reasons["make.<locals>.Scaler"].startswith("it defines __call__")
-    assert reasons["make.<locals>.Row"].startswith("it is a dataclass")
+    assert reasons["class make.<locals>.Scaler"].startswith("it defines __call__")
+    assert reasons["class make.<locals>.Row"].startswith("it is a dataclass")
+
+
+METHODS_SOURCE = """\
+class Runner:
+    def method(self, x):
+        return x
+
+    @staticmethod
+    def helper(x):
+        return x
+
+
+class Plain:
+    def __init__(self, v):
+        self.v = v
+"""
+
+
+def test_fix_never_wraps_a_method_nor_the_class_of_a_method_it_sends():
+    """A wrapped method loses its self binding; a wrapped class no longer has
+    the method sent on its own. Both become manual fixes; an unrelated class
+    is still decorated."""
+    from loky_check.fixer import DefinitionSite, add_wrap_decorators
+
+    sites = [
+        DefinitionSite("m.py", "Runner.method", 2, "def"),
+        DefinitionSite("m.py", "Runner.helper", None, "def"),
+        DefinitionSite("m.py", "Runner", None, "class"),
+        DefinitionSite("m.py", "Plain", None, "class"),
+    ]
+    result = add_wrap_decorators(METHODS_SOURCE, sites)
+    assert result.added == [(10, "class Plain")]
+    reasons = {what: why for _site, _line, what, why in result.unsafe}
+    assert reasons["def Runner.method"].startswith("it is a method")
+    assert reasons["def Runner.helper"].startswith("it is a method")
+    assert reasons["class Runner"].startswith("its method Runner.method is sent")
+    assert "@wrap_non_picklable_objects\nclass Runner" not in result.new
+    assert "@wrap_non_picklable_objects\nclass Plain" in result.new
