@@ -270,12 +270,9 @@ def _loky_key() -> Any:
         from loky.backend import reduction
     except Exception:
         return None
-    return (
-        reduction.get_loky_pickler(),
-        getattr(reduction, "_dispatch_table_version", None),
-        len(reduction._dispatch_table),
-        len(copyreg.dispatch_table),  # loky's table copies copyreg's
-    )
+    pickler_class = reduction.get_loky_pickler()
+    # Changes with register(), copyreg.pickle() and replaced reducers alike.
+    return (pickler_class, pickler_class._tables_generation())
 
 
 def make_tester(name: str) -> Tester:
