@@ -208,6 +208,11 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                 f"Reusing existing executor with max_workers={executor._max_workers}."
             )
             executor._resize(max_workers)
+            if executor._flags.shutdown:
+                # Broken or shut down while resizing: replace it.
+                return cls.get_reusable_executor(
+                    max_workers=max_workers, kill_workers=kill_workers, **kwargs
+                )
             return executor, True
 
     def _setup_queues(self, job_reducers, result_reducers):
@@ -248,6 +253,10 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
 
             self._wait_job_completion()
 
+            # Shut down meanwhile (say by a done-callback): its queues and
+            # locks are gone and no worker may be spawned any more.
+            if self._flags.shutdown:
+                return
             with self._processes_management_lock:
                 # Workers that left on their idle timeout are not in the dict.
                 n_alive = sum(p.is_alive() for p in list(self._processes.values()))
@@ -256,9 +265,13 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                     for _ in range(max_workers, n_alive):
                         self._call_queue.put(None)
             # The manager removes each worker once it has handshaked its exit.
-            while len(self._processes) > max_workers and self._flags.broken is None:
+            while len(self._processes) > max_workers and not self._flags.shutdown:
                 _sleep_briefly()
-            with self._processes_management_lock:
+            with self._shutdown_lock:
+                if self._flags.shutdown:
+                    return
+                management_lock = self._processes_management_lock
+            with management_lock:
                 self._adjust_process_count()
             # The manager must watch the new workers' sentinels.
             with self._shutdown_lock:
@@ -267,7 +280,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                     wakeup.wakeup()
             while (
                 not all(p.is_alive() for p in list(self._processes.values()))
-                and self._flags.broken is None
+                and not self._flags.shutdown
             ):
                 _sleep_briefly()
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import time
+import warnings
 
 import pytest
 
+from loky import get_reusable_executor
+from loky import reusable_executor as re_mod
 from loky.cloudpickle_wrapper import (
     CallableObjectWrapper,
     CloudpickledObjectWrapper,
@@ -39,3 +44,51 @@ def test_wrap_objects_when_needed_accepts_objects_whose_module_is_none():
     assert method.__module__ is None
     assert _wrap_objects_when_needed(method) is method
     assert _wrap_objects_when_needed("abc".upper)() == "ABC"
+
+
+@pytest.fixture
+def fresh_storage():
+    """Start from an empty per-thread storage and shut down what the test made."""
+    storage = re_mod._executor_storage
+    if storage.executor is not None:
+        storage.executor.shutdown(wait=True, kill_workers=True)
+    storage.executor = storage.executor_kwargs = None
+    try:
+        yield storage
+    finally:
+        if storage.executor is not None:
+            storage.executor.shutdown(wait=True, kill_workers=True)
+        storage.executor = storage.executor_kwargs = None
+
+
+@pytest.mark.parametrize("kill_workers", [False, True])
+def test_shutdown_by_a_done_callback_during_a_resize(fresh_storage, kill_workers):
+    executor = get_reusable_executor(max_workers=2)
+    made = [executor]
+    callback_done = threading.Event()
+
+    def shut_down_then_clean_up(_):
+        # What joblib's terminate() does, here from the manager thread.
+        try:
+            executor.shutdown(wait=False, kill_workers=kill_workers)
+            with executor._submit_resize_lock:
+                pass
+        finally:
+            callback_done.set()
+
+    try:
+        assert executor.submit(abs, -1).result(timeout=60) == 1
+        executor.submit(time.sleep, 0.3).add_done_callback(shut_down_then_clean_up)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            resized = get_reusable_executor(max_workers=1)
+        made.append(resized)
+        assert callback_done.wait(60)
+        current = get_reusable_executor(max_workers=1)
+        made.append(current)
+        assert current is not executor
+        assert not current._flags.shutdown
+        assert current.submit(abs, -2).result(timeout=60) == 2
+    finally:
+        for each in made:
+            each.shutdown(wait=True, kill_workers=True)
