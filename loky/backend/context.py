@@ -145,7 +145,8 @@ def _cpu_count_affinity_set() -> set[int] | None:
     if sched_getaffinity is not None:
         try:
             return set(sched_getaffinity(0))
-        except (OSError, NotImplementedError):
+        except Exception:
+            # Unsupported here (NotImplementedError, OSError, ...): try psutil.
             pass
     try:
         import psutil
@@ -268,13 +269,22 @@ def _count_physical_cores_linux(cpu_set=None) -> int:
     return len(cores)
 
 
+def _text(output) -> str:
+    """A command's captured output as text (replaced ``subprocess.run``
+    functions may return bytes, or None)."""
+    if output is None:
+        return ""
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output
+
+
 def _count_physical_cores_sysctl(name: str) -> int:
     import subprocess
 
-    completed = subprocess.run(
-        ["sysctl", "-n", name], capture_output=True, text=True, check=True
-    )
-    return int(completed.stdout.strip())
+    completed = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True)
+    # A failing sysctl prints nothing on stdout: int() raises ValueError.
+    return int(_text(completed.stdout).strip())
 
 
 def _count_physical_cores_win32() -> int:
@@ -287,7 +297,9 @@ def _count_physical_cores_win32() -> int:
         try:
             return counter()
         except Exception as exc:
-            errors.append(f"{counter.__name__}: {exc!r}")
+            # Counters may be replaced by mocks, which have no __name__.
+            name = getattr(counter, "__name__", repr(counter))
+            errors.append(f"{name}: {exc!r}")
     try:
         return _count_physical_cores_win32_wmic()
     except Exception as exc:
@@ -339,9 +351,10 @@ def _count_physical_cores_win32_powershell() -> int:
         text=True,
         creationflags=subprocess.CREATE_NO_WINDOW,
     )
-    lines = [line.strip() for line in completed.stdout.splitlines() if line.strip()]
+    stdout = _text(completed.stdout)
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
     if not lines:
-        raise ValueError(f"unexpected PowerShell output: {completed.stdout!r}")
+        raise ValueError(f"unexpected PowerShell output: {stdout!r}")
     return sum(int(line) for line in lines)
 
 
@@ -355,13 +368,14 @@ def _count_physical_cores_win32_wmic() -> int:
         text=True,
         creationflags=subprocess.CREATE_NO_WINDOW,
     )
+    stdout = _text(completed.stdout)
     total = 0
-    for line in completed.stdout.splitlines():
+    for line in stdout.splitlines():
         fields = line.strip().split(",")
         if len(fields) >= 2 and fields[-1].strip().isdigit():
             total += int(fields[-1])
     if total < 1:
-        raise ValueError(f"unexpected wmic output: {completed.stdout!r}")
+        raise ValueError(f"unexpected wmic output: {stdout!r}")
     return total
 
 

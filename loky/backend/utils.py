@@ -20,12 +20,25 @@ __all__ = [
 
 
 def _import_psutil():
-    """psutil, imported on first use (it is optional and slow to import)."""
+    """psutil, imported on first use (it is optional and slow to import).
+
+    ``utils.psutil`` may also be set (to None: "psutil is missing"), as with
+    upstream's module global: a value set on the module wins.
+    """
+    if "psutil" in globals():
+        return globals()["psutil"]
     try:
         import psutil
     except ImportError:
         return None
     return psutil
+
+
+def __getattr__(name: str) -> Any:
+    # ``utils.psutil``: the psutil module or None, imported on first access.
+    if name == "psutil":
+        return _import_psutil()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def kill_process_tree(process: Any, use_psutil: bool = True) -> None:
@@ -37,7 +50,8 @@ def kill_process_tree(process: Any, use_psutil: bool = True) -> None:
     ``use_psutil=False``) the tree is walked with ``pgrep -P`` on POSIX and
     killed with ``taskkill /T`` on Windows.
     """
-    if getattr(process, "exitcode", None) is not None:
+    # isinstance: a stand-in process object (a mock) may have any attribute.
+    if isinstance(getattr(process, "exitcode", None), int):
         # Already reaped: its pid may belong to an unrelated process by now.
         _join(process)
         return
