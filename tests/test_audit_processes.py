@@ -83,3 +83,10 @@ def test_utils_psutil_set_to_none_means_psutil_is_missing(monkeypatch):
     utils.kill_process_tree(process)
     assert killed == [123456789]
     assert process.join.call_count == 1
+
+
+def test_malformed_loky_max_cpu_count_keeps_the_int_message(monkeypatch):
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "abc")
+    with pytest.raises(ValueError, match="invalid literal for int") as excinfo:
+        context.cpu_count()
+    assert "LOKY_MAX_CPU_COUNT" in str(excinfo.value)

@@ -133,9 +133,11 @@ def _cpu_count_from_env(os_cpu_count: int) -> int:
         return os_cpu_count
     try:
         return int(value)
-    except ValueError:
+    except ValueError as exc:
+        # Keep int()'s own message ("invalid literal for int() ...") too.
         raise ValueError(
             f"LOKY_MAX_CPU_COUNT must be an integer number of CPUs, got {value!r}"
+            f" ({exc})"
         ) from None
 
 
