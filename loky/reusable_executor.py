@@ -181,39 +181,41 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
 
             if reuse == "auto":
                 reuse = kwargs == _executor_storage.executor_kwargs
-            if (
-                executor._flags.broken is not None
-                or executor._flags.shutdown
-                or not reuse
-                or executor.queue_size < max_workers
-            ):
-                if executor._flags.broken is not None:
-                    reason = "broken"
-                elif executor._flags.shutdown:
-                    reason = "shutdown"
-                elif executor.queue_size < max_workers:
-                    reason = "queue size too small"
-                else:
-                    reason = "arguments have changed"
+            if executor._flags.broken is not None:
+                reason = "broken"
+            elif executor._flags.shutdown:
+                reason = "shutdown"
+            elif executor.queue_size < max_workers:
+                reason = "queue size too small"
+            elif not reuse:
+                reason = "arguments have changed"
+            else:
+                reason = None
+            if reason is not None:
                 mp_util.debug(
                     f"Creating a new executor with max_workers={max_workers} as the "
                     f"previous instance cannot be reused ({reason})."
                 )
-                executor.shutdown(wait=True, kill_workers=kill_workers)
                 _executor_storage.executor = _executor_storage.executor_kwargs = None
-                executor = None
-                return cls.get_reusable_executor(max_workers=max_workers, **kwargs)
-
-            mp_util.debug(
-                f"Reusing existing executor with max_workers={executor._max_workers}."
-            )
-            executor._resize(max_workers)
-            if executor._flags.shutdown:
-                # Broken or shut down while resizing: replace it.
-                return cls.get_reusable_executor(
-                    max_workers=max_workers, kill_workers=kill_workers, **kwargs
+            else:
+                mp_util.debug(
+                    "Reusing existing executor with "
+                    f"max_workers={executor._max_workers}."
                 )
-            return executor, True
+
+        # Waiting for the old executor (shutdown, resize) happens outside the
+        # lock: its manager thread may be running a done-callback that itself
+        # calls get_reusable_executor (for the manager thread's own executor).
+        if reason is not None:
+            executor.shutdown(wait=True, kill_workers=kill_workers)
+            return cls.get_reusable_executor(max_workers=max_workers, **kwargs)
+        executor._resize(max_workers)
+        if executor._flags.shutdown:
+            # Broken or shut down while resizing: the next call replaces it.
+            return cls.get_reusable_executor(
+                max_workers=max_workers, kill_workers=kill_workers, **kwargs
+            )
+        return executor, True
 
     def _setup_queues(self, job_reducers, result_reducers):
         # Room for every worker to be busy even when resized above cpu_count.

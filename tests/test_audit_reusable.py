@@ -92,3 +92,47 @@ def test_shutdown_by_a_done_callback_during_a_resize(fresh_storage, kill_workers
     finally:
         for each in made:
             each.shutdown(wait=True, kill_workers=True)
+
+
+def square(x):
+    return x * x
+
+
+@pytest.mark.parametrize("change", ["resize", "replace"])
+def test_done_callback_asking_for_its_own_executor_while_the_owner_waits(
+    fresh_storage, change
+):
+    # The callback runs in the manager thread, which gets its own executor;
+    # meanwhile the owner thread resizes (or replaces) the executor and waits
+    # on that same manager thread: neither may wait for the other.
+    executor = get_reusable_executor(max_workers=2)
+    made = [executor]
+    box = {}
+    callback_done = threading.Event()
+
+    def use_own_executor(_):
+        try:
+            own = get_reusable_executor(max_workers=1)
+            made.append(own)
+            box["future"] = own.submit(square, 5)
+        finally:
+            callback_done.set()
+
+    try:
+        assert executor.submit(abs, -1).result(timeout=60) == 1
+        executor.submit(time.sleep, 0.3).add_done_callback(use_own_executor)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            if change == "resize":
+                current = get_reusable_executor(max_workers=1)
+                assert current is executor
+            else:
+                current = get_reusable_executor(max_workers=2, timeout=3)
+                assert current is not executor
+        made.append(current)
+        assert callback_done.wait(60)
+        assert box["future"].result(timeout=60) == 25
+        assert current.submit(square, 3).result(timeout=60) == 9
+    finally:
+        for each in made:
+            each.shutdown(wait=True, kill_workers=True)
