@@ -57,6 +57,7 @@ import importlib.util
 import io
 import itertools
 import os
+import pickle
 import queue
 import select
 import struct
@@ -922,9 +923,10 @@ class _ExecutorManagerThread(threading.Thread):
         self.shutdown_lock = executor._shutdown_lock
 
         def weakref_cb(_, thread_wakeup=self.thread_wakeup):
-            mp_util.debug(
-                "Executor collected: triggering callback for QueueManager wakeup"
-            )
+            if mp_util is not None:  # None once the interpreter tears modules down
+                mp_util.debug(
+                    "Executor collected: triggering callback for QueueManager wakeup"
+                )
             thread_wakeup.wakeup()
 
         self.executor_reference = weakref.ref(executor, weakref_cb)
@@ -1015,11 +1017,39 @@ class _ExecutorManagerThread(threading.Thread):
             )
 
     def _read_result(self):
+        if self.pickle_check:
+            return self._read_result_checked()
         try:
             result_item = self.result_queue._reader.recv()
         except BaseException as e:
             bpe = _with_cause(BrokenProcessPool(_RESULT_UNSERIALIZE_MESSAGE), e)
             return None, True, bpe
+        return self._result_or_task_load_error(result_item)
+
+    def _read_result_checked(self):
+        """``_read_result`` in a check mode: the bytes are kept so that a
+        result that does not load here reaches the caller diagnosed."""
+        payload = None
+        try:
+            payload = self.result_queue._reader.recv_bytes()
+            result_item = pickle.loads(payload)
+        except BaseException as e:
+            bpe = _with_cause(BrokenProcessPool(_RESULT_UNSERIALIZE_MESSAGE), e)
+        else:
+            return self._result_or_task_load_error(result_item)
+        if payload is not None:  # diagnosed outside the except: no __context__
+            from loky_check.runtime import annotate_result_load_failure
+
+            annotate_result_load_failure(bpe, payload)
+        try:
+            return None, True, bpe
+        finally:
+            # The error's traceback holds this frame: dropping the local
+            # breaks the cycle frame -> bpe -> cause -> traceback -> frame,
+            # which would keep the pool's queues (and semaphores) until gc.
+            del bpe
+
+    def _result_or_task_load_error(self, result_item):
         if isinstance(result_item, _RemoteTraceback):
             bpe = BrokenProcessPool(_TASK_UNSERIALIZE_MESSAGE)
             bpe.__cause__ = result_item

@@ -181,13 +181,8 @@ class _RecordingDumper:
 
     def _setup(self, base: type) -> tuple:
         """``(key, recording class, reducers, records_by_value)`` for ``base``."""
-        reduction = _reduction()
-        key = (
-            base,
-            getattr(reduction, "_dispatch_table_version", None),
-            len(reduction._dispatch_table),
-            len(copyreg.dispatch_table),
-        )
+        # Changes with register(), copyreg.pickle() and replaced reducers alike.
+        key = (base, base._tables_generation())
         cached = self._current
         if cached is not None and cached[0] == key:
             return cached
@@ -213,7 +208,7 @@ class _RecordingDumper:
         if (
             current is None
             or current[0][0] is not base
-            or current[0][1] != getattr(_reduction(), "_dispatch_table_version", None)
+            or current[0][1] != base._tables_generation()
         ):
             current = self._setup(base)
         _, cls, reducers, records_by_value = current
@@ -899,7 +894,7 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
                 if (module, name) not in missing:
                     stand_in = type(name.rsplit(".", 1)[-1], (_Unloadable,), {})
                     stand_in.__module__, stand_in.__qualname__ = module, name
-                    missing[(module, name)] = (stand_in, error)
+                    missing[(module, name)] = (stand_in, error.with_traceback(None))
                 return missing[(module, name)][0]
 
     try:
@@ -996,9 +991,11 @@ def diagnose_result_load_failure(payload: bytes) -> Report | None:
 
     failures: list[tuple[type, BaseException, str, str, Any]] = []
 
+    # Errors are kept without their tracebacks: those hold this frame, whose
+    # ``failures`` holds them (a cycle that would outlive the call until gc).
     def failed(error: BaseException, owner: str, method: str) -> Any:
         marker = type("_LoadFailedHere", (_LoadFailed,), {})
-        failures.append((marker, error, owner, method, None))
+        failures.append((marker, error.with_traceback(None), owner, method, None))
         return marker()
 
     class Probe(pickle._Unpickler):  # type: ignore[name-defined]
@@ -1010,7 +1007,15 @@ def diagnose_result_load_failure(payload: bytes) -> Report | None:
             except Exception as error:
                 stand_in = type(name.rsplit(".", 1)[-1], (_Unloadable,), {})
                 stand_in.__module__, stand_in.__qualname__ = module, name
-                failures.append((stand_in, error, f"{module}.{name}", "", stand_in))
+                failures.append(
+                    (
+                        stand_in,
+                        error.with_traceback(None),
+                        f"{module}.{name}",
+                        "",
+                        stand_in,
+                    )
+                )
                 return stand_in
 
         def load_reduce(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import pickle
 import sys
 import threading
@@ -22,6 +23,7 @@ import pytest
 
 import loky
 from loky.backend import reduction
+from loky.process_executor import BrokenProcessPool
 from loky_check import LokyPicklingWarning, PicklingCheckError
 from loky_check.runtime import SubmitChecker
 
@@ -732,3 +734,69 @@ def test_error_map_on_a_shut_down_executor_keeps_no_payloads():
     with pytest.raises(RuntimeError):
         executor.map(add, [1, 2, 3], [4, 5, 6])
     assert executor._pickle_checker._prechecked == {}
+
+
+class LoadsOnlyInWorkers:
+    """Pickles in the worker; its reconstructor refuses to run in the parent."""
+
+    def __init__(self, home_pid):
+        self.home_pid = home_pid
+
+    def __reduce__(self):
+        return _rebuild_outside_parent, (self.home_pid,)
+
+
+def _rebuild_outside_parent(home_pid):
+    if os.getpid() == home_pid:
+        raise ValueError("refuses to load in the parent")
+    return LoadsOnlyInWorkers(home_pid)
+
+
+def return_parent_refuser(home_pid):
+    return {"rows": [LoadsOnlyInWorkers(home_pid)]}
+
+
+def test_result_that_fails_to_load_in_the_parent_is_diagnosed():
+    # A pool of its own: a result that does not load breaks the pool.
+    with loky.ProcessPoolExecutor(1, pickle_check="warn") as executor:
+        future = executor.submit(return_parent_refuser, os.getpid())
+        with pytest.raises(BrokenProcessPool) as info:
+            future.result(timeout=60)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "cannot be loaded back in the parent" in notes, notes
+    assert "refuses to load in the parent" in notes
+    assert "[unpickle_error]" in notes and "fix:" in notes
+
+
+def test_result_load_failure_off_mode_is_bare():
+    with loky.ProcessPoolExecutor(1, pickle_check="off") as executor:
+        future = executor.submit(return_parent_refuser, os.getpid())
+        with pytest.raises(BrokenProcessPool) as info:
+            future.result(timeout=60)
+    assert not getattr(info.value, "__notes__", None)
+
+
+class Rereduced:
+    pass
+
+
+def _refuse_to_reduce(obj):
+    raise ValueError("this reducer refuses")
+
+
+def _reduce_as_none(obj):
+    return type(None), ()
+
+
+def test_a_replaced_reducer_is_seen_by_the_next_check():
+    import copyreg
+
+    executor = executor_for("error")
+    copyreg.pickle(Rereduced, _refuse_to_reduce)
+    try:
+        with pytest.raises(PicklingCheckError):
+            executor.submit(identity, Rereduced())
+        copyreg.pickle(Rereduced, _reduce_as_none)  # same table size, new reducer
+        assert executor.submit(identity, Rereduced()).result(timeout=60) is None
+    finally:
+        copyreg.dispatch_table.pop(Rereduced, None)
