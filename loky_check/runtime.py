@@ -922,23 +922,8 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
             if found is not None:
                 holder, path = argument, found
                 break
-        main_ref = module in ("__main__", "__mp_main__")
-        category = taxonomy.categorize(
-            None, definition=stand_in, exc=error, main_ref=main_ref, stage="load"
-        )
-        remedy = taxonomy.choose_remedy(
-            category, wrap_fixes=False, definition=stand_in, exc=error, stage="load"
-        )
-        # wrap_fixes=True only keeps the texts from claiming that wrapping was
-        # tried: a worker cannot check it (the parent's check does).
-        texts = taxonomy.texts(
-            category,
-            remedy,
-            path=path,
-            type_name=f"{module}.{name}",
-            definition=stand_in,
-            exc=error,
-            wrap_fixes=True,
+        category, remedy, message, fix = _unimportable_verdict(
+            stand_in, error, path, f"{module}.{name}"
         )
         findings.append(
             Finding(
@@ -950,8 +935,8 @@ def _diagnose_load_failure(payload: Any, exc: BaseException) -> Report | None:
                 type=f"{module}.{name}",
                 category=category,
                 remedy=remedy,
-                message=f"{texts.message} ({taxonomy.describe_exception(error)})",
-                fix=texts.fix,
+                message=message,
+                fix=fix,
                 carried_by={p: False for p in engine.PICKLERS},
                 summary=f"{module}.{name}",
             )
@@ -976,6 +961,35 @@ def _qualified(obj: Any) -> str:
     if name is None:
         return type(obj).__qualname__
     return name if module in (None, "builtins") else f"{module}.{name}"
+
+
+def _unimportable_verdict(
+    stand_in: type, error: BaseException, path: str, type_name: str
+) -> tuple[str, str, str, str]:
+    """``(category, remedy, message, fix)`` for a global that did not import
+    on the loading side, stood in for by ``stand_in``."""
+    from . import taxonomy
+
+    main_ref = stand_in.__module__ in ("__main__", "__mp_main__")
+    category = taxonomy.categorize(
+        None, definition=stand_in, exc=error, main_ref=main_ref, stage="load"
+    )
+    remedy = taxonomy.choose_remedy(
+        category, wrap_fixes=False, definition=stand_in, exc=error, stage="load"
+    )
+    # wrap_fixes=True only keeps the texts from claiming that wrapping was
+    # tried: the loading side cannot check it (the parent's check does).
+    texts = taxonomy.texts(
+        category,
+        remedy,
+        path=path,
+        type_name=type_name,
+        definition=stand_in,
+        exc=error,
+        wrap_fixes=True,
+    )
+    message = f"{texts.message} ({taxonomy.describe_exception(error)})"
+    return category, remedy, message, texts.fix
 
 
 def diagnose_result_load_failure(payload: bytes) -> Report | None:
@@ -1058,30 +1072,11 @@ def diagnose_result_load_failure(payload: bytes) -> Report | None:
     for marker, error, owner, method, stand_in in failures:
         path = _path_to(value, marker, name) or name
         if stand_in is not None:
-            module = stand_in.__module__
-            category = taxonomy.categorize(
-                None,
-                definition=stand_in,
-                exc=error,
-                main_ref=module in ("__main__", "__mp_main__"),
-                stage="load",
-            )
-            remedy = taxonomy.choose_remedy(
-                category, wrap_fixes=False, definition=stand_in, exc=error, stage="load"
-            )
-            texts = taxonomy.texts(
-                category,
-                remedy,
-                path=path,
-                type_name=owner,
-                definition=stand_in,
-                exc=error,
-                wrap_fixes=True,
+            category, remedy, message, fix = _unimportable_verdict(
+                stand_in, error, path, owner
             )
             # The texts speak of loading in a worker; here the parent loads.
-            message = texts.message.replace("in the worker", "in the parent")
-            message = f"{message} ({taxonomy.describe_exception(error)})"
-            fix = texts.fix
+            message = message.replace("in the worker", "in the parent")
             summary = owner
         else:
             category = "unpickle_error"

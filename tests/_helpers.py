@@ -1,5 +1,5 @@
 """Helpers shared by several test files: running ``loky-check`` or a Python
-snippet in a fresh interpreter."""
+snippet in a fresh interpreter, stopping the reusable executor, texts."""
 
 from __future__ import annotations
 
@@ -88,3 +88,18 @@ POSITIONS = {
     "slot": (lambda c: ((SlotHolder(c),), {}), "args[0]", "a", "a.x"),
     "keyword": (lambda c: ((0,), {"kw": c}), "kwargs['kw']", "kw", "kw"),
 }
+
+
+# What set_loky_pickler adds to the error of a pickler it cannot set.
+PICKLER_ERROR_SUFFIX = (
+    "\nThis error occurred while setting loky_pickler to '{}', as required by the "
+    "env variable LOKY_PICKLER or the function set_loky_pickler."
+)
+
+
+def shutdown_reusable_executor() -> None:
+    """Shut down this thread's reusable executor, if loky made one."""
+    module = sys.modules.get("loky.reusable_executor")
+    executor = getattr(getattr(module, "_executor_storage", None), "executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)

@@ -13,12 +13,14 @@ The leak check fails the run when the suite leaves behind, in this process:
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
 
 import psutil
 import pytest
+from _helpers import shutdown_reusable_executor
 from hypothesis import HealthCheck, settings
 
 from pytest_loky.leaks import (
@@ -110,21 +112,56 @@ def _stop_resource_tracker() -> None:
         module._resource_tracker._stop()
 
 
-def _shutdown_reusable_executor() -> None:
-    """The reusable executor is a per-thread singleton kept warm across tests by
-    design; shut the main thread's one down before counting leftovers."""
-    module = sys.modules.get("loky.reusable_executor")
-    if module is None:
-        return
-    executor = getattr(module._executor_storage, "executor", None)
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
+# ------------------------------------------------------------ shared fixtures
+
+
+@pytest.fixture
+def fresh_storage():
+    """An empty reusable-executor storage for this thread; what the test made
+    there is shut down afterwards."""
+    from loky import reusable_executor
+
+    storage = reusable_executor._executor_storage
+    if storage.executor is not None:
+        storage.executor.shutdown(wait=True, kill_workers=True)
+    storage.executor = storage.executor_kwargs = None
+    try:
+        yield storage
+    finally:
+        if storage.executor is not None:
+            storage.executor.shutdown(wait=True, kill_workers=True)
+        storage.executor = storage.executor_kwargs = None
+        gc.collect()
+
+
+@pytest.fixture
+def restore_loky_pickler():
+    """Undo set_loky_pickler() and register() calls made by the test."""
+    from loky.backend import reduction
+
+    name = reduction.get_loky_pickler_name()
+    table = dict(reduction._dispatch_table)
+    yield
+    reduction.set_loky_pickler(None)
+    if name != reduction.get_loky_pickler_name():
+        reduction.set_loky_pickler(name)
+    reduction._dispatch_table.clear()
+    reduction._dispatch_table.update(table)
+
+
+@pytest.fixture
+def stop_reusable_executor():
+    """Probes run on loky's reusable executor: stop its workers afterwards."""
+    yield
+    shutdown_reusable_executor()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_xdist_controller(session.config):
         return
-    _shutdown_reusable_executor()
+    # The reusable executor is a per-thread singleton kept warm across tests
+    # by design; shut the main thread's one down before counting leftovers.
+    shutdown_reusable_executor()
     deadline = time.monotonic() + _LEAK_GRACE_SECONDS
     while True:
         children = child_processes()

@@ -94,18 +94,6 @@ def test_the_main_scan_finds_both_main_names():
 
 
 @pytest.fixture
-def stop_reusable_executor():
-    """The probes run on loky's reusable executor: stop its worker afterwards."""
-    import sys
-
-    yield
-    storage = sys.modules.get("loky.reusable_executor")
-    executor = getattr(getattr(storage, "_executor_storage", None), "executor", None)
-    if executor is not None:
-        executor.shutdown(wait=True)
-
-
-@pytest.fixture
 def parent_only_module(monkeypatch, stop_reusable_executor):
     """A module only the parent has (workers cannot import it)."""
     import sys

@@ -10,7 +10,6 @@ import warnings
 import pytest
 
 from loky import get_reusable_executor
-from loky import reusable_executor as re_mod
 from loky.cloudpickle_wrapper import (
     CallableObjectWrapper,
     CloudpickledObjectWrapper,
@@ -44,21 +43,6 @@ def test_wrap_objects_when_needed_accepts_objects_whose_module_is_none():
     assert method.__module__ is None
     assert _wrap_objects_when_needed(method) is method
     assert _wrap_objects_when_needed("abc".upper)() == "ABC"
-
-
-@pytest.fixture
-def fresh_storage():
-    """Start from an empty per-thread storage and shut down what the test made."""
-    storage = re_mod._executor_storage
-    if storage.executor is not None:
-        storage.executor.shutdown(wait=True, kill_workers=True)
-    storage.executor = storage.executor_kwargs = None
-    try:
-        yield storage
-    finally:
-        if storage.executor is not None:
-            storage.executor.shutdown(wait=True, kill_workers=True)
-        storage.executor = storage.executor_kwargs = None
 
 
 @pytest.mark.parametrize("kill_workers", [False, True])

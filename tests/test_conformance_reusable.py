@@ -3,7 +3,6 @@ the joblib patterns of §20."""
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 import warnings
@@ -43,19 +42,7 @@ def meet(_=None):
     return os.getpid()
 
 
-@pytest.fixture(autouse=True)
-def fresh_storage():
-    storage = re_mod._executor_storage
-    if storage.executor is not None:
-        storage.executor.shutdown(wait=True, kill_workers=True)
-    storage.executor = storage.executor_kwargs = None
-    try:
-        yield storage
-    finally:
-        if storage.executor is not None:
-            storage.executor.shutdown(wait=True, kill_workers=True)
-        storage.executor = storage.executor_kwargs = None
-        gc.collect()
+pytestmark = pytest.mark.usefixtures("fresh_storage")
 
 
 def test_constructor_positional_order_and_executor_id():

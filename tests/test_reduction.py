@@ -14,26 +14,15 @@ import types
 
 import cloudpickle
 import pytest
+from _helpers import PICKLER_ERROR_SUFFIX
 from _helpers import run_python as _run_python
 
 from loky.backend import reduction
 
-SUFFIX = (
-    "\nThis error occurred while setting loky_pickler to '{}', as required by the "
-    "env variable LOKY_PICKLER or the function set_loky_pickler."
-)
+SUFFIX = PICKLER_ERROR_SUFFIX
 
 
-@pytest.fixture(autouse=True)
-def _restore_pickler():
-    name = reduction.get_loky_pickler_name()
-    table = dict(reduction._dispatch_table)
-    yield
-    reduction.set_loky_pickler(None)
-    if name != reduction.get_loky_pickler_name():
-        reduction.set_loky_pickler(name)
-    reduction._dispatch_table.clear()
-    reduction._dispatch_table.update(table)
+pytestmark = pytest.mark.usefixtures("restore_loky_pickler")
 
 
 class Point:

@@ -11,7 +11,6 @@ import warnings
 import pytest
 
 from loky import get_reusable_executor
-from loky import reusable_executor as re_mod
 from loky.backend import get_context
 from loky.backend.context import cpu_count
 from loky.process_executor import EXTRA_QUEUED_CALLS, ShutdownExecutorError
@@ -29,22 +28,6 @@ def square(x):
 def sleep_then_pid(delay):
     time.sleep(delay)
     return os.getpid()
-
-
-@pytest.fixture
-def fresh_storage():
-    """Start from an empty per-thread storage and shut down what the test made."""
-    storage = re_mod._executor_storage
-    previous = storage.executor
-    if previous is not None:
-        previous.shutdown(wait=True, kill_workers=True)
-    storage.executor = storage.executor_kwargs = None
-    try:
-        yield storage
-    finally:
-        if storage.executor is not None:
-            storage.executor.shutdown(wait=True, kill_workers=True)
-        storage.executor = storage.executor_kwargs = None
 
 
 def test_same_arguments_return_the_same_executor(fresh_storage):

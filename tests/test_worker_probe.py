@@ -8,7 +8,7 @@ import threading
 import types
 
 import pytest
-from _helpers import POSITIONS, Holder
+from _helpers import POSITIONS, Holder, shutdown_reusable_executor
 
 from loky_check import check_call, check_object, check_return_value
 
@@ -17,10 +17,7 @@ from loky_check import check_call, check_object, check_return_value
 def shutdown_probe_executor():
     """The probes run on loky's reusable executor: stop its worker afterwards."""
     yield
-    module = sys.modules.get("loky.reusable_executor")
-    executor = getattr(getattr(module, "_executor_storage", None), "executor", None)
-    if executor is not None:
-        executor.shutdown(wait=True)
+    shutdown_reusable_executor()
 
 
 def target(a, b=None, *, kw=None):
