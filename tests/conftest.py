@@ -164,6 +164,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutdown_reusable_executor()
     deadline = time.monotonic() + _LEAK_GRACE_SECONDS
     while True:
+        # A shut-down executor that is only garbage in a reference cycle (say,
+        # a __main__-style example namespace and its functions) still holds
+        # its semaphores until the cyclic collector runs: run it, so only
+        # live references count as leaks.
+        gc.collect()
         children = child_processes()
         semaphores = new_loky_semaphores(_semaphores_at_start)
         files = [name for (name, _rtype) in _tracked_resources if os.path.exists(name)]

@@ -201,12 +201,21 @@ def test_workers_environment_faulthandler_and_tree():
         executor.shutdown(wait=True)
 
 
-def _worker_descendants():
+def _worker_descendants(executor):
+    """The workers of ``executor`` and everything they started.
+
+    Only this executor's tree: waiting on (and so reaping) a process another
+    executor owns - say the reusable executor's idle workers, which leave on
+    their own after 10 s - would take its exit status away from its
+    ``multiprocessing`` process object, which then never leaves
+    ``multiprocessing``'s children and keeps its semaphore alive.
+    """
     found = []
-    for proc in psutil.Process().children(recursive=True):
+    for pid in list(executor._processes):
         try:
-            if "popen_loky_posix" in " ".join(proc.cmdline()):
-                found.append(proc)
+            worker = psutil.Process(pid)
+            found.append(worker)
+            found.extend(worker.children(recursive=True))
         except psutil.Error:
             continue
     return found
@@ -218,10 +227,10 @@ def test_kill_workers_kills_nested_pools_quickly():
         futures = [executor.submit(nested_sleep, 120) for _ in range(2)]
         # Wait until the grandchildren exist.
         deadline = time.monotonic() + 60
-        descendants = _worker_descendants()
+        descendants = _worker_descendants(executor)
         while len(descendants) < 4 and time.monotonic() < deadline:
             threading.Event().wait(0.05)
-            descendants = _worker_descendants()
+            descendants = _worker_descendants(executor)
         assert len(descendants) >= 4
     finally:
         start = time.monotonic()
