@@ -465,8 +465,6 @@ def _checked_and_reported(options: argparse.Namespace) -> int:
 
     if options.json:
         data = report.to_dict()
-        if options.reducers:
-            data.setdefault("reducers", [])  # asked for: present even when empty
         out.write(json.dumps(data, indent=2) + "\n")
         return _exit_status(report, options.strict)
 

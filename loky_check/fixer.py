@@ -631,7 +631,12 @@ def plan_fixes(findings: Iterable[Any]) -> FixPlan:
             plan.manual.append(item)
 
     for finding in findings:
-        if getattr(finding, "remedy", None) != "wrap":
+        remedy = getattr(finding, "remedy", None)
+        # move_to_module although the wrapped copy round-trips: an exception
+        # class, for which the plan says why it takes no decorator.
+        if remedy != "wrap" and not (
+            remedy == "move_to_module" and getattr(finding, "wrap_fixes", False)
+        ):
             continue
         site = _site_for(finding)
         if isinstance(site, ManualFix):

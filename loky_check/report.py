@@ -183,9 +183,10 @@ class Report:
             "pickler": self.pickler,
             "ok": self.ok,
             "findings": [f.to_dict() for f in self.findings],
+            # Always present (the schema's key set is fixed): empty when no
+            # reducer was checked.
+            "reducers": [r.to_dict() for r in self.reducers],
         }
-        if self.reducers:
-            data["reducers"] = [r.to_dict() for r in self.reducers]
         return data
 
     def merge(self, other: Report) -> Report:

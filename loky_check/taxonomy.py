@@ -246,6 +246,23 @@ def is_definition(obj: Any) -> bool:
     return isa(obj, (types.FunctionType, type))
 
 
+def wrapped_definition(obj: Any) -> Any:
+    """The function a C-level wrapper stores by name (``functools.lru_cache``,
+    ``functools.cache``): pickled by its qualified name like a function, but
+    no pickler can take it by value. None for anything else."""
+    lru_wrapper = _resolve("functools", "_lru_cache_wrapper")
+    if is_definition(obj) or not (
+        is_c_type(type(obj)) or (lru_wrapper is not None and isa(obj, lru_wrapper))
+    ):
+        return None
+    try:
+        state = object.__getattribute__(obj, "__dict__")
+    except Exception:
+        return None
+    wrapped = state.get("__wrapped__") if isinstance(state, dict) else None
+    return wrapped if is_definition(wrapped) else None
+
+
 def categorize(
     obj: Any,
     *,
@@ -270,6 +287,9 @@ def categorize(
             if not isinstance(exc, (ImportError, AttributeError)):
                 return "unpickle_error"
         return classify_definition(obj, main_ref=main_ref)
+    wrapped = wrapped_definition(obj)
+    if wrapped is not None and (stage == "dump" or main_ref):
+        return classify_definition(wrapped, main_ref=main_ref)
     category = classify_type(obj)
     if category is not None:
         return category
@@ -297,6 +317,13 @@ def _c_state_refused(obj: Any, exc: BaseException | None) -> bool:
     # about this very object, not something inside it
     name = text[len("cannot pickle '") : -len("' object")]
     return name.rsplit(".", 1)[-1] == type(obj).__name__
+
+
+def _is_exception(obj: Any, definition: Any) -> bool:
+    if isa(obj, BaseException):
+        return True
+    target = definition if definition is not None else obj
+    return isa(target, type) and issubclass(target, BaseException)
 
 
 def choose_remedy(
@@ -332,6 +359,10 @@ def choose_remedy(
         ):
             return "move_to_module"
         return "fix_reducer"
+    if _is_exception(obj, definition) and "move_to_module" in options:
+        # A wrapped exception round-trips, but it is no longer an exception:
+        # it can neither be raised nor caught as one.
+        return "move_to_module"
     for option in options:
         if option == "wrap" and not wrap_fixes:
             continue
@@ -475,7 +506,18 @@ def texts(
         message = "The round trip returns a different value."
     else:
         message = describe_exception(exc) or "This object cannot be pickled."
-    if not cloudpickle_carries and category in (
+    wrapper_of = wrapped_definition(obj) if definition is None else None
+    if wrapper_of is not None and category in ("local_function", "main_module"):
+        where = (
+            "defined inside another function"
+            if category == "local_function"
+            else "defined in __main__"
+        )
+        message = (
+            f"This {short_type.lstrip('_')} wraps a function {where}: every pickler"
+            " stores it by name, and a worker cannot find that name."
+        )
+    elif not cloudpickle_carries and category in (
         "lambda",
         "local_function",
         "local_class",
@@ -500,8 +542,11 @@ def texts(
         reducer_name=reducer_name,
         short_type=short_type,
     )
-    if REMEDIES[category][0] == "wrap" and not wrap_fixes and remedy != "wrap":
-        fix += "   (wrap_non_picklable_objects was checked and does not help here)"
+    if REMEDIES[category][0] == "wrap" and remedy != "wrap":
+        if not wrap_fixes:
+            fix += "   (wrap_non_picklable_objects was checked and does not help here)"
+        elif _is_exception(obj, definition):
+            fix += "   (wrapped, an exception can no longer be raised or caught as one)"
     return Texts(message=message, fix=fix)
 
 
@@ -517,6 +562,7 @@ def _fix_text(
     short_type: str,
 ) -> str:
     target = definition if definition is not None else obj
+    target = wrapped_definition(target) or target
     name = _definition_attr(target, "__qualname__") if is_definition(target) else None
     if remedy == "wrap":
         return f"loky.wrap_non_picklable_objects({path})   (checked: the wrapped copy round-trips)"

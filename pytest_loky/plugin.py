@@ -525,12 +525,11 @@ def _write_json(settings: _Settings) -> None:
         "ok": not any(f["severity"] in _FINDING_SEVERITIES for f in findings)
         and all(r.get("ok", True) for r in settings.reducers),
         "findings": findings,
-    }
-    if settings.reducers:
-        data["reducers"] = [
+        "reducers": [
             {key: value for key, value in result.items() if key != "block"}
             for result in settings.reducers
-        ]
+        ],
+    }
     path = os.path.abspath(settings.json_path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as stream:

@@ -576,3 +576,44 @@ def test_a_fidelity_fix_names_the_hook_the_class_defines(stop_reusable_executor)
     )
     assert "_Float32Point's __reduce__ so that" in finding.fix
     assert ".x: 0.1 != 0.10000000149" in finding.message
+
+
+def _local_error_and_cached_function():
+    class LocalError(Exception):
+        pass
+
+    @functools.lru_cache
+    def cached(x):
+        return x
+
+    return LocalError("boom"), cached
+
+
+def test_a_local_exception_is_moved_to_a_module_not_wrapped():
+    # A wrapped exception round-trips but can no longer be raised or caught.
+    error, _cached = _local_error_and_cached_function()
+    [finding] = check_object(error, name="error").findings
+    assert (finding.category, finding.remedy) == ("local_class", "move_to_module")
+    assert finding.wrap_fixes is True
+    assert finding.fix.startswith(
+        "define _local_error_and_cached_function.LocalError at module level"
+    )
+    assert "can no longer be raised or caught" in finding.fix
+
+
+def test_a_local_lru_cache_function_is_a_local_function_to_move():
+    _error, cached = _local_error_and_cached_function()
+    report = check_call(len, args=(cached,))
+    [finding] = report.findings
+    assert (finding.path, finding.type) == ("obj", "functools._lru_cache_wrapper")
+    assert (finding.category, finding.remedy) == ("local_function", "move_to_module")
+    assert finding.severity == "error"  # no pickler carries the wrapper by value
+    assert finding.wrap_fixes is False
+    assert "wraps a function defined inside another function" in finding.message
+    assert "define _local_error_and_cached_function.cached at module level" in (
+        finding.fix
+    )
+
+
+def test_the_json_report_always_has_its_reducers_key():
+    assert check_object(1).to_dict()["reducers"] == []

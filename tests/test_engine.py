@@ -396,7 +396,8 @@ warning  callback  (kwargs['callback'])   callback
 def test_json_report_schema():
     report, callback = _example_report()
     data = json.loads(json.dumps(report.to_dict()))
-    assert list(data) == ["schema", "target", "pickler", "ok", "findings"]
+    assert list(data) == ["schema", "target", "pickler", "ok", "findings", "reducers"]
+    assert data["reducers"] == []
     assert data["schema"] == SCHEMA == "loky-check/1"
     assert (data["target"], data["pickler"], data["ok"]) == (
         "app.jobs:work",
