@@ -119,6 +119,20 @@ def test_threads_joining_the_same_child_all_see_its_exit_code():
         assert codes == [7, 7, 7, 7]
 
 
+def test_a_child_reaped_behind_our_back_is_not_alive_for_ever():
+    # Someone else's waitpid (psutil.wait_procs on every child, say) takes the
+    # exit status: the process must still end, leave multiprocessing's
+    # children and release what it holds - not look alive for ever.
+    p = LokyProcess(target=exit_with, args=(7,))
+    p.start()
+    assert wait([p.sentinel], 60)
+    os.waitpid(p.pid, 0)
+    p.join(timeout=60)
+    assert p.exitcode == 0  # the status is lost; 0, as subprocess reports it
+    assert not p.is_alive()
+    assert p not in multiprocessing.active_children()
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_exitcode_is_minus_signum_after_a_signal(method):
     ctx = context_for(method)

@@ -79,12 +79,28 @@ class Popen:
             if self.returncode is None:
                 try:
                     pid, status = os.waitpid(self.pid, flag)
+                except ChildProcessError:
+                    # Reaped behind our back (a waitpid or psutil wait elsewhere):
+                    # its status is lost. Once the sentinel shows it gone, take 0
+                    # as subprocess does, so that is_alive() turns False and the
+                    # process leaves multiprocessing's children (and frees what it
+                    # holds) instead of looking alive for ever.
+                    if self._sentinel_fired():
+                        self.returncode = 0
+                    return self.returncode
                 except OSError:
-                    # Not our child (anymore) or interrupted: no status to report.
-                    return None
+                    return None  # interrupted: no status to report yet
                 if pid == self.pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
             return self.returncode
+
+    def _sentinel_fired(self) -> bool:
+        from multiprocessing.connection import wait
+
+        try:
+            return self.sentinel is not None and bool(wait([self.sentinel], 0))
+        except (OSError, ValueError):  # sentinel already closed
+            return False
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the child to exit (on the sentinel); None on timeout."""
