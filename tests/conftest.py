@@ -204,20 +204,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     )
     problems.extend(f"resource-tracker file {name}" for name in sorted(files))
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(title: str, lines: list[str], **colour: bool) -> None:
+        message = f"\nleak check: {title}:\n  " + "\n  ".join(lines)
+        if reporter is not None:
+            reporter.write_line(message, **colour)
+        else:
+            print(message, file=sys.stderr)
+
     if notes:
-        message = "\nleak check: removed by the resource tracker:\n  " + "\n  ".join(
-            notes
-        )
-        if reporter is not None:
-            reporter.write_line(message, yellow=True)
-        else:
-            print(message, file=sys.stderr)
+        say("removed by the resource tracker", notes, yellow=True)
     if problems:
-        message = "\nleak check: the test session left behind:\n  " + "\n  ".join(
-            problems
-        )
-        if reporter is not None:
-            reporter.write_line(message, red=True)
-        else:
-            print(message, file=sys.stderr)
+        say("the test session left behind", problems, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
