@@ -493,7 +493,7 @@ class SubmitChecker:
         # wrap mode: culprit keys wrapped so far, and at which call sites
         self._wrap_keys: frozenset = frozenset()
         self._wrapped_at: set[tuple] = set()
-        # error mode: map() chunks checked up front, by id, until submitted
+        # map() chunks checked up front, by id, until submitted
         self._prechecked: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
@@ -553,14 +553,16 @@ class SubmitChecker:
         return entry[1]
 
     def check_map(self, fn: Callable, chunks: Iterable) -> Iterable:
-        """Under "error", check every chunk of a ``map()`` before any is queued.
+        """Check every chunk of a ``map()`` before any is queued.
 
         Returns the chunks to submit. Each chunk's verdict (and payload) is
         kept for the ``check_submit`` that follows, so nothing is pickled
         twice; a failing chunk raises here, before the first one reaches a
-        worker. Other modes check chunk by chunk as they are submitted.
+        worker: under "error", and in every mode when a warnings filter turns
+        the warning into an exception (``map()`` consumes its iterables up
+        front anyway, so nothing is made less lazy).
         """
-        if self.mode != "error":
+        if self.mode == "off":
             return chunks
         checked = []
         try:
@@ -647,11 +649,19 @@ class SubmitChecker:
             fn, args, kwargs = new_fn, new_args, new_kwargs
             with self._lock:
                 self._wrap_keys = self._wrap_keys | wrapped
-                self._wrapped_at.update((site, key) for key in wrapped)
+                new_sites = {(site, key) for key in wrapped} - self._wrapped_at
+                self._wrapped_at.update(new_sites)
             done = [
                 f for f in verdict.report.findings if _culprit_key(f.culprit) in wrapped
             ]
-            self._warn_new(site, done, verdict.report, wrapped=True)
+            try:
+                self._warn_new(site, done, verdict.report, wrapped=True)
+            except BaseException:
+                # The warning became an exception: this site has not wrapped
+                # (and said so) yet; the next call must not wrap silently.
+                with self._lock:
+                    self._wrapped_at.difference_update(new_sites)
+                raise
             payload, signature = self._dump((fn, args, kwargs))
             if not signature:
                 verdict = _Verdict(
@@ -754,7 +764,16 @@ class SubmitChecker:
                 f"pickle_check='wrap': wrapped {labels} with "
                 f"loky.wrap_non_picklable_objects so that the call pickles\n\n{text}"
             )
-        _warn(text, partial_report)
+        try:
+            _warn(text, partial_report)
+        except BaseException:
+            # A warnings filter turned the warning into an exception: the call
+            # does not proceed, so the next one at this site must say it again.
+            with self._lock:
+                self._warned.difference_update(
+                    (site, wrapped, _finding_key(f)) for f in new
+                )
+            raise
 
 
 def _where(finding: Finding) -> str:

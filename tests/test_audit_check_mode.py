@@ -1,0 +1,100 @@
+"""Audit of the executor's check mode (toolkit spec section 6): demanding-user cases.
+
+A warnings filter that turns ``LokyPicklingWarning`` into an exception makes the
+check raise from ``submit()`` / ``map()``: the call does not proceed, so nothing
+is queued (not even the clean items of a ``map()`` before the bad one), the
+executor stays usable, and the next call at the same site raises again instead
+of proceeding silently.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+
+import loky
+from loky_check import LokyPicklingWarning
+from loky_check.runtime import SubmitChecker
+
+
+def identity(x):
+    return x
+
+
+def call_with_lock(checker, lock):
+    return checker.check_submit(identity, (lock,), {})
+
+
+def submit_lock(executor, lock):
+    return executor.submit(identity, lock)
+
+
+def submit_lambda(executor):
+    return executor.submit(identity, lambda: 1)
+
+
+def numbers_then(bad, count=6, at=4):
+    for i in range(count):
+        yield bad if i == at else i
+
+
+@pytest.fixture(scope="module")
+def warn_executor():
+    executor = loky.ProcessPoolExecutor(1, pickle_check="warn")
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_warning_raised_by_a_filter_is_raised_again_at_the_same_site():
+    checker = SubmitChecker("warn")
+    lock = threading.Lock()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LokyPicklingWarning)
+        for _ in range(2):
+            with pytest.raises(LokyPicklingWarning):
+                call_with_lock(checker, lock)
+    # Once the warning is let through, it is still given exactly once.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            call_with_lock(checker, lock)
+    assert len([w for w in caught if w.category is LokyPicklingWarning]) == 1
+
+
+def test_warn_under_an_error_filter_queues_nothing_and_stays_usable(warn_executor):
+    lock = threading.Lock()
+    queued = warn_executor._queue_count
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LokyPicklingWarning)
+        for _ in range(2):
+            with pytest.raises(LokyPicklingWarning):
+                submit_lock(warn_executor, lock)
+        # map(): the bad item is found before any clean item is queued
+        for _ in range(2):
+            with pytest.raises(LokyPicklingWarning):
+                warn_executor.map(identity, numbers_then(lock))
+    assert warn_executor._queue_count == queued
+    assert warn_executor._pickle_checker._prechecked == {}
+    assert warn_executor.submit(identity, 7).result(timeout=60) == 7
+    assert list(warn_executor.map(identity, range(3))) == [0, 1, 2]
+
+
+def test_wrap_under_an_error_filter_does_not_wrap_silently_afterwards():
+    with loky.ProcessPoolExecutor(1, pickle_check="wrap") as executor:
+        queued = executor._queue_count
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LokyPicklingWarning)
+            for _ in range(2):
+                with pytest.raises(LokyPicklingWarning, match="wrapped"):
+                    submit_lambda(executor)
+        assert executor._queue_count == queued
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                assert callable(submit_lambda(executor).result(timeout=60))
+        texts = [str(w.message) for w in caught if w.category is LokyPicklingWarning]
+        assert len(texts) == 1 and "wrapped" in texts[0]
