@@ -458,6 +458,14 @@ def _finding_key(finding: Finding) -> tuple:
 
 
 @dataclasses.dataclass
+class _MapBatch:
+    """The chunks of one ``map()``, checked together when the first is submitted."""
+
+    fn: Any
+    chunks: list
+
+
+@dataclasses.dataclass
 class _Verdict:
     """The diagnosis of one (call site, signature), reused by later calls."""
 
@@ -550,31 +558,44 @@ class SubmitChecker:
         entry = self._prechecked.pop(id(split[1]), None)
         if entry is None or entry[0] is not split[1]:
             return None
+        if isinstance(entry[1], _MapBatch):
+            return self._check_batch(entry[1])
         return entry[1]
 
     def check_map(self, fn: Callable, chunks: Iterable) -> Iterable:
         """Check every chunk of a ``map()`` before any is queued.
 
-        Returns the chunks to submit. Each chunk's verdict (and payload) is
-        kept for the ``check_submit`` that follows, so nothing is pickled
-        twice; a failing chunk raises here, before the first one reaches a
-        worker: under "error", and in every mode when a warnings filter turns
-        the warning into an exception (``map()`` consumes its iterables up
-        front anyway, so nothing is made less lazy).
+        Returns the chunks to submit. The check runs when the first chunk is
+        submitted (so a shut down or broken executor raises as usual, before
+        any check or warning), and covers every chunk at once: a failing
+        chunk raises before the first one reaches a worker, under "error" and,
+        in every mode, when a warnings filter turns the warning into an
+        exception. Each chunk's verdict (and payload) is kept for the
+        ``check_submit`` that follows, so nothing is pickled twice. ``map()``
+        consumes its iterables up front anyway: nothing is made less lazy.
         """
         if self.mode == "off":
             return chunks
+        chunks = list(chunks)
+        if chunks:
+            first = chunks[0]
+            self._prechecked[id(first)] = (first, _MapBatch(fn, chunks))
+        return self._release_unused(chunks)
+
+    def _check_batch(self, batch: _MapBatch) -> tuple:
+        """Check every chunk of one ``map()``; the first chunk's verdict."""
         checked = []
         try:
-            for chunk in chunks:
-                call = _chunk_call(fn, chunk)
+            first = self.check_submit(*_chunk_call(batch.fn, batch.chunks[0]))
+            for chunk in batch.chunks[1:]:
+                call = _chunk_call(batch.fn, chunk)
                 self._prechecked[id(chunk)] = (chunk, self.check_submit(*call))
                 checked.append(chunk)
         except BaseException:
             for chunk in checked:
                 self._prechecked.pop(id(chunk), None)
             raise
-        return self._release_unused(checked)
+        return first
 
     def _release_unused(self, chunks: list):
         try:

@@ -9,13 +9,15 @@ of proceeding silently.
 
 from __future__ import annotations
 
+import gc
+import pickle
 import threading
 import warnings
 
 import pytest
 
 import loky
-from loky_check import LokyPicklingWarning
+from loky_check import LokyPicklingWarning, PicklingCheckError
 from loky_check.runtime import SubmitChecker
 
 
@@ -98,3 +100,37 @@ def test_wrap_under_an_error_filter_does_not_wrap_silently_afterwards():
                 assert callable(submit_lambda(executor).result(timeout=60))
         texts = [str(w.message) for w in caught if w.category is LokyPicklingWarning]
         assert len(texts) == 1 and "wrapped" in texts[0]
+
+
+@pytest.mark.parametrize("mode", ["warn", "error", "wrap"])
+def test_map_on_a_shut_down_executor_is_the_usual_error_and_no_check(mode):
+    executor = loky.ProcessPoolExecutor(1, pickle_check=mode)
+    executor.shutdown(wait=True)
+    lock = threading.Lock()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="after shutdown") as info:
+            executor.map(identity, [1, lock, lambda: 1])
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(identity, lock)
+    assert not isinstance(info.value, pickle.PicklingError)
+    assert [w for w in caught if w.category is LokyPicklingWarning] == []
+    del info
+    gc.collect()
+    assert executor._pickle_checker._prechecked == {}
+
+
+def test_map_checks_every_item_of_a_generator_before_queueing():
+    error = loky.ProcessPoolExecutor(1, pickle_check="error")
+    try:
+        lock = threading.Lock()
+        queued = error._queue_count
+        items = (lock if i == 500 else i for i in range(1000))
+        with pytest.raises(PicklingCheckError) as info:
+            error.map(identity, items, chunksize=7)
+        assert error._queue_count == queued
+        assert info.value.report.findings[0].category == "sync_primitive"
+        assert error._pickle_checker._prechecked == {}
+        assert list(error.map(identity, range(20), chunksize=3)) == list(range(20))
+    finally:
+        error.shutdown(wait=True)
