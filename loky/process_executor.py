@@ -1439,6 +1439,20 @@ def _python_exit():
             thread.join()
 
 
+def _called_from_pool_thread(manager):
+    """True in ``manager`` itself or in its call queue's feeder thread.
+
+    Done-callbacks run in both (the feeder's error hook fails the future of a
+    task that did not pickle), and the manager's teardown joins the feeder:
+    joining the manager from either would wait for ever.
+    """
+    current = threading.current_thread()
+    if current is manager:
+        return True
+    feeder = getattr(getattr(manager, "call_queue", None), "_thread", None)
+    return feeder is not None and current is feeder
+
+
 def _chain_from_iterable_of_lists(iterable):
     """Flatten lazily, dropping each element once yielded."""
     for element in iterable:
@@ -1733,7 +1747,7 @@ class ProcessPoolExecutor(Executor):
                 # Never started: nobody else will close the queues.
                 self._close_unused_queues()
         elif wait:
-            if manager is not threading.current_thread():
+            if not _called_from_pool_thread(manager):
                 manager.join()
             with _global_shutdown_lock:
                 _threads_wakeups.pop(manager, None)
