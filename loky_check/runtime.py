@@ -749,17 +749,26 @@ class SubmitChecker:
 
     def _drop_job_reduced(self, report: Report, arguments: list) -> Report:
         """The engine tries standard pickle; job reducers carry their types anyway."""
-        if not self.job_reducers:
+        if not self.job_reducers or not report.findings:
             return report
         types_ = tuple(t for t in self.job_reducers if isinstance(t, type))
-        values = {a.argument: a.value for a in arguments}
-        # Dropped: a culprit that is itself reduced, or one inside an argument
-        # that is (the engine's standard pickle walked into it).
+        # Dropped: a culprit that is itself reduced, or one inside an object
+        # that is, wherever it sits in the call (the engine's standard pickle
+        # walked into it; the job reducer never pickles what it holds).
+        reduced = [
+            (argument.argument, path)
+            for argument in arguments
+            for path in _paths_of_instances(argument.value, types_, argument.root)
+        ]
         kept = [
             f
             for f in report.findings
             if not isinstance(f.culprit, types_)
-            and not isinstance(values.get(f.argument), types_)
+            and not any(
+                argument == f.argument
+                and (f.path == path or _engine()._extends(f.path, path))
+                for argument, path in reduced
+            )
         ]
         if len(kept) == len(report.findings):
             return report
@@ -1252,6 +1261,33 @@ def _path_to(value: Any, stand_in: type, path: str) -> str | None:
             for step, child in itertools.islice(_children(value), 100)
         )
     return None
+
+
+def _paths_of_instances(value: Any, types_: tuple, path: str) -> list[str]:
+    """Paths (the engine's grammar) from ``value`` to every instance of
+    ``types_`` in it, not looking inside those: a bounded breadth-first walk
+    like :func:`_path_to`'s."""
+    if not types_:
+        return []
+    found = []
+    queue = collections.deque([(value, path, 0)])
+    seen: set[int] = set()
+    budget = 10_000
+    while queue and budget > 0:
+        value, path, depth = queue.popleft()
+        budget -= 1
+        if isinstance(value, types_):
+            found.append(path)
+            continue
+        if depth == 8 or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, types.MethodType):
+            children: Iterable = [(".__self__", value.__self__)]
+        else:
+            children = itertools.islice(_children(value), 100)
+        queue.extend((child, path + step, depth + 1) for step, child in children)
+    return found
 
 
 def _children(value: Any) -> Iterator[tuple[str, Any]]:

@@ -17,6 +17,7 @@ import warnings
 import pytest
 
 import loky
+from loky.backend import reduction
 from loky_check import LokyPicklingWarning, PicklingCheckError
 from loky_check.runtime import SubmitChecker
 
@@ -134,3 +135,49 @@ def test_map_checks_every_item_of_a_generator_before_queueing():
         assert list(error.map(identity, range(20), chunksize=3)) == list(range(20))
     finally:
         error.shutdown(wait=True)
+
+
+class Guarded:
+    """Holds a lock; the executor's job reducer sends only its value."""
+
+    def __init__(self, value):
+        self.value = value
+        self.lock = threading.Lock()
+
+    def read(self):
+        return self.value
+
+
+def _rebuild_guarded(value):
+    return Guarded(value)
+
+
+def _reduce_guarded(obj):
+    return _rebuild_guarded, (obj.value,)
+
+
+def values_of(items, callback=None):
+    return [item.value for item in items]
+
+
+def test_job_reduced_object_inside_a_container_is_not_a_culprit(restore_loky_pickler):
+    reducers = {Guarded: _reduce_guarded}
+    with loky.ProcessPoolExecutor(
+        1, pickle_check="error", job_reducers=reducers
+    ) as executor:
+        # A lambda sends the call down the diagnosis path; the lock inside the
+        # reduced object (which the job reducer never pickles) is no finding.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            future = executor.submit(values_of, [Guarded(3)], lambda: 0)
+            method = executor.submit(Guarded(4).read)
+        assert future.result(timeout=60) == [3]
+        assert method.result(timeout=60) == 4
+        reports = [
+            w.message.report for w in caught if w.category is LokyPicklingWarning
+        ]
+        assert [f.category for r in reports for f in r.findings] == ["lambda"]
+        reduction.set_loky_pickler("pickle")
+        with pytest.raises(PicklingCheckError) as info:
+            executor.submit(values_of, ({"k": [Guarded(1)]},), lambda: 0)
+        assert [f.category for f in info.value.report.findings] == ["lambda"]
