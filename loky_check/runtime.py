@@ -414,18 +414,27 @@ def _split_map_call(fn: Any, args: tuple, kwargs: dict) -> tuple[Callable, Any] 
 
 
 def _top_level_keys(obj: Any, is_call: bool) -> tuple:
-    """Culprit keys of the callable and each argument (of each ``map`` item);
-    ``obj`` is ``(fn, args, kwargs)``, or a map item's argument tuple."""
+    """Culprit keys of the callable and each argument (of each ``map`` item),
+    by position and keyword, so that a culprit passed positionally, by
+    keyword or as a map item gets a diagnosis of its own; ``obj`` is
+    ``(fn, args, kwargs)``, or a map item's argument tuple."""
     if not is_call:
         return tuple(_culprit_key(v) for v in obj)
     fn, args, kwargs = obj
     split = _split_map_call(fn, args, kwargs)
     if split is not None:
         real_fn, chunk = split
-        values = [real_fn, *(v for item in chunk for v in item)]
-    else:
-        values = [fn, *args, *kwargs.values()]
-    return tuple(_culprit_key(v) for v in values)
+        return (
+            "map",
+            _culprit_key(real_fn),
+            tuple(tuple(_culprit_key(v) for v in item) for item in chunk),
+        )
+    return (
+        "call",
+        _culprit_key(fn),
+        tuple(_culprit_key(v) for v in args),
+        tuple((k, _culprit_key(v)) for k, v in kwargs.items()),
+    )
 
 
 def _chunk_call(real_fn: Any, chunk: Any) -> tuple:

@@ -181,3 +181,32 @@ def test_job_reduced_object_inside_a_container_is_not_a_culprit(restore_loky_pic
         with pytest.raises(PicklingCheckError) as info:
             executor.submit(values_of, ({"k": [Guarded(1)]},), lambda: 0)
         assert [f.category for f in info.value.report.findings] == ["lambda"]
+
+
+def absorb(a, *rest, **opts):
+    return a
+
+
+def submit_at_one_site(executor, how, culprit):
+    method, args, kwargs = {
+        "positional": ("submit", (1, 2, culprit), {}),
+        "keyword": ("submit", (1,), {"k": culprit}),
+        "map": ("map", ([1], [culprit]), {}),
+    }[how]
+    return getattr(executor, method)(absorb, *args, **kwargs)  # one call site
+
+
+def test_one_site_names_each_argument_a_culprit_failed_in():
+    lock = threading.Lock()
+    with loky.ProcessPoolExecutor(1, pickle_check="error") as executor:
+        seen = []
+        for how in ["positional", "keyword", "map", "positional"]:
+            with pytest.raises(PicklingCheckError) as info:
+                submit_at_one_site(executor, how, lock)
+            seen += [(f.argument, f.path) for f in info.value.report.findings]
+    assert seen == [
+        ("args[2]", "rest[1]"),
+        ("kwargs['k']", "opts['k']"),
+        ("args[1]", "rest[0]"),
+        ("args[2]", "rest[1]"),
+    ]
