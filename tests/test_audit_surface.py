@@ -229,3 +229,54 @@ def test_joblib_call_patterns_in_a_fresh_interpreter(tmp_path):
     assert result.stdout == "ok\n"
     # No warning at all: no leaked folder or file, no stray warning.
     assert result.stderr == "", result.stderr
+
+
+def test_cpu_count_files_read_through_any_replaced_open(monkeypatch):
+    # §7: callers replace the builtin ``open``; ``open(path).read()`` is all
+    # that is asked of what it returns (here: no context manager, no close).
+    import builtins
+    import types
+
+    files = {
+        "/proc/cpuinfo": (
+            "processor\t: 0\nphysical id\t: 0\ncore id\t: 0\n\n"
+            "processor\t: 1\nphysical id\t: 0\ncore id\t: 0\n\n"
+            "processor\t: 2\nphysical id\t: 0\ncore id\t: 1\n"
+        ),
+        "/sys/fs/cgroup/cpu.max": "150000 100000\n",
+    }
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if path in files:
+            return types.SimpleNamespace(read=lambda: files[path])
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os.path, "exists", lambda path: path in files)
+    assert context._count_physical_cores_linux() == 2
+    assert context._count_physical_cores_linux({0, 1}) == 1
+    assert context._cpu_count_cgroup(8) == 2
+
+
+def test_cpu_count_closes_the_files_it_opens(monkeypatch):
+    import builtins
+
+    opened = []
+    real_open = builtins.open
+
+    def recording_open(*args, **kwargs):
+        f = real_open(*args, **kwargs)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    monkeypatch.setattr(context, "physical_cores_cache", {})
+    if sys.platform == "linux":
+        try:
+            context._count_physical_cores_linux()
+        except ValueError:  # no "core id" lines (some ARM machines)
+            pass
+    context._cpu_count_cgroup(4)
+    context.cpu_count(only_physical_cores=True)
+    assert all(f.closed for f in opened)

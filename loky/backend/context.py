@@ -169,11 +169,25 @@ def _cpu_count_affinity_set() -> set[int] | None:
     return None
 
 
+def _read_file(path: str) -> str:
+    """``open(path).read()``, closing the file afterwards.
+
+    ``open`` may be replaced (callers monkeypatch it): anything with a
+    ``read()`` method will do, a context manager or not.
+    """
+    f = open(path)
+    try:
+        return f.read()
+    finally:
+        close = getattr(f, "close", None)
+        if close is not None:
+            close()
+
+
 def _read_text(path: str) -> str | None:
     """Contents of ``path``, or None if it cannot be read."""
     try:
-        with open(path) as f:
-            return f.read()
+        return _read_file(path)
     except (OSError, UnicodeDecodeError):
         return None
 
@@ -247,8 +261,7 @@ def _count_physical_cores(cpu_set=None) -> tuple[int | str, Exception | None]:
 def _count_physical_cores_linux(cpu_set=None) -> int:
     """Distinct (physical id, core id) pairs in /proc/cpuinfo, restricted to
     the processors in ``cpu_set`` if given."""
-    with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
+    cpuinfo = _read_file("/proc/cpuinfo")
     cores = set()
     for block in cpuinfo.split("\n\n"):
         fields = {}
