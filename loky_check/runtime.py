@@ -437,6 +437,21 @@ def _top_level_keys(obj: Any, is_call: bool) -> tuple:
     )
 
 
+def _callable_key(fn: Any, args: tuple, kwargs: dict) -> Hashable:
+    """What identifies the function a call (or a ``map`` chunk) runs."""
+    split = _split_map_call(fn, args, kwargs)
+    if split is not None:
+        fn = split[0]
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, types.MethodType):
+        return (_culprit_key(fn.__func__), type(fn.__self__))
+    key = _culprit_key(fn)
+    if key is type(fn) and isinstance(fn, types.BuiltinFunctionType):
+        return (key, fn.__qualname__, type(fn.__self__))
+    return key
+
+
 def _chunk_call(real_fn: Any, chunk: Any) -> tuple:
     """The ``check_submit`` arguments for one chunk of ``map()``."""
     module = sys.modules.get("loky.process_executor")
@@ -651,7 +666,9 @@ class SubmitChecker:
         return fn, args, kwargs, payload
 
     def _verdict(self, site, signature, fn, args, kwargs, dump_failed) -> _Verdict:
-        key = (site, signature)
+        # The callable too: its name and parameters are in the report, and one
+        # site (a helper of the user's) may submit many functions.
+        key = (site, signature, _callable_key(fn, args, kwargs))
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = self._diagnose(fn, args, kwargs, dump_failed=dump_failed)

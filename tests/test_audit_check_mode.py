@@ -210,3 +210,32 @@ def test_one_site_names_each_argument_a_culprit_failed_in():
         ("args[1]", "rest[0]"),
         ("args[2]", "rest[1]"),
     ]
+
+
+def first(x, lock=None):
+    return x
+
+
+def second(x, callback=None):
+    return x
+
+
+def launch(executor, fn, *args):
+    return executor.submit(fn, *args)  # one call site for every function
+
+
+def test_one_site_names_each_function_it_submits():
+    # Under loky's default pickler a lambda is a portability warning: the
+    # call proceeds, and the verdict cached for ``first`` must not stand for
+    # ``second`` (other name, other parameter) at the same call site.
+    culprit = lambda x: x  # noqa: E731
+    with loky.ProcessPoolExecutor(1, pickle_check="warn") as executor:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for fn in [first, second, first, second]:
+                assert launch(executor, fn, [1], culprit).result(timeout=60) == [1]
+    reports = [w.message.report for w in caught if w.category is LokyPicklingWarning]
+    assert [(r.target, [f.path for f in r.findings]) for r in reports] == [
+        (f"{__name__}:first", ["lock"]),
+        (f"{__name__}:second", ["callback"]),
+    ]
