@@ -239,3 +239,30 @@ def test_one_site_names_each_function_it_submits():
         (f"{__name__}:first", ["lock"]),
         (f"{__name__}:second", ["callback"]),
     ]
+
+
+class Counted:
+    """Counts how many times it is pickled (in this process)."""
+
+    reductions = 0
+
+    def __init__(self, data=b""):
+        self.data = data
+
+    def __reduce__(self):
+        type(self).reductions += 1
+        return Counted, (self.data,)
+
+
+def size_of(counted):
+    return len(counted.data)
+
+
+@pytest.mark.parametrize("mode", ["warn", "error", "wrap"])
+def test_map_pickles_each_item_once_in_every_mode(mode):
+    with loky.ProcessPoolExecutor(1, pickle_check=mode) as executor:
+        Counted.reductions = 0
+        items = [Counted(b"x" * n) for n in range(5)]
+        assert list(executor.map(size_of, items, chunksize=2)) == list(range(5))
+        assert Counted.reductions == 5
+        assert executor._pickle_checker._prechecked == {}
