@@ -327,11 +327,14 @@ def _internal_dirs() -> tuple[str, ...]:
         import loky
 
         here = os.path.dirname(os.path.abspath(__file__))
+        futures = os.path.dirname(os.path.abspath(concurrent.futures.__file__))
         dirs = [
             here,
             os.path.join(os.path.dirname(here), "pytest_loky"),
             os.path.dirname(os.path.abspath(loky.__file__)),
-            os.path.dirname(os.path.abspath(concurrent.futures.__file__)),
+            futures,
+            # loop.run_in_executor(executor, fn, ...) submits for the user
+            os.path.join(os.path.dirname(os.path.dirname(futures)), "asyncio"),
         ]
         prefixes = set()
         for d in dirs:
@@ -358,8 +361,8 @@ def _is_internal(filename: str) -> bool:
 
 
 def _user_frame(frame) -> tuple[Any, int]:
-    """The first frame outside loky, loky_check, pytest_loky and concurrent.futures,
-    and its distance (as a ``stacklevel``) from ``frame``."""
+    """The first frame outside loky, loky_check, pytest_loky, concurrent.futures
+    and asyncio, and its distance (as a ``stacklevel``) from ``frame``."""
     level = 1
     while frame is not None and frame.f_back is not None:
         if not _is_internal(frame.f_code.co_filename):

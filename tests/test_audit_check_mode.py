@@ -9,7 +9,9 @@ of proceeding silently.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import inspect
 import pickle
 import threading
 import warnings
@@ -266,3 +268,20 @@ def test_map_pickles_each_item_once_in_every_mode(mode):
         assert list(executor.map(size_of, items, chunksize=2)) == list(range(5))
         assert Counted.reductions == 5
         assert executor._pickle_checker._prechecked == {}
+
+
+async def run_in_loop(executor, lock):
+    loop = asyncio.get_running_loop()
+    with pytest.raises(pickle.PicklingError):
+        await loop.run_in_executor(executor, identity, lock)  # the user's line
+
+
+def test_run_in_executor_warning_points_at_the_users_line(warn_executor):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(run_in_loop(warn_executor, threading.Lock()))
+    [warning] = [w for w in caught if w.category is LokyPicklingWarning]
+    assert warning.filename == __file__
+    source = inspect.getsource(run_in_loop).splitlines()
+    line = next(i for i, text in enumerate(source) if "the user's line" in text)
+    assert warning.lineno == run_in_loop.__code__.co_firstlineno + line
