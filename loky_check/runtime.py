@@ -530,6 +530,9 @@ class SubmitChecker:
         self._wrapped_at: set[tuple] = set()
         # map() chunks checked up front, by id, until submitted
         self._prechecked: dict[int, tuple] = {}
+        # The map() chunk being checked in this thread, and its first item's
+        # index: names the item in a warning or error.
+        self._map_state = threading.local()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -612,17 +615,47 @@ class SubmitChecker:
     def _check_batch(self, batch: _MapBatch) -> tuple:
         """Check every chunk of one ``map()``; the first chunk's verdict."""
         checked = []
+        state = self._map_state
         try:
+            state.chunk = (batch.chunks[0], 0)
             first = self.check_submit(*_chunk_call(batch.fn, batch.chunks[0]))
+            offset = len(batch.chunks[0])
             for chunk in batch.chunks[1:]:
+                state.chunk = (chunk, offset)
                 call = _chunk_call(batch.fn, chunk)
                 self._prechecked[id(chunk)] = (chunk, self.check_submit(*call))
                 checked.append(chunk)
-        except BaseException:
+                offset += len(chunk)
+        except BaseException as exc:
             for chunk in checked:
                 self._prechecked.pop(id(chunk), None)
+            if isinstance(exc, PicklingCheckError) and exc.report is not None:
+                line = self._map_item_line(exc.report.findings)
+                if line:
+                    _add_note(exc, line)
             raise
+        finally:
+            state.chunk = None
         return first
+
+    def _map_item_line(self, findings: list) -> str:
+        """Which ``map()`` item (of the chunk being checked) is the first with
+        a finding on its arguments; "" outside map() or for the function alone.
+
+        Worked out when a finding is reported, not cached with the verdict:
+        a later map() at the same line may hold its culprit elsewhere."""
+        current = getattr(self._map_state, "chunk", None)
+        if current is None or all(f.argument == "fn" for f in findings):
+            return ""
+        chunk, offset = current
+        for index, item in enumerate(chunk):
+            _, signature = self._dump(tuple(item), is_call=False)
+            if signature:
+                return (
+                    f"map(): item {offset + index} (counting from 0) is the first"
+                    " with a finding."
+                )
+        return ""
 
     def _release_unused(self, chunks: list):
         try:
@@ -817,6 +850,9 @@ class SubmitChecker:
             return
         partial_report = Report(report.target, report.pickler, new)
         text = str(partial_report)
+        item_line = self._map_item_line(new)
+        if item_line:
+            text = f"{text}\n{item_line}"
         if wrapped:
             labels = ", ".join(dict.fromkeys(_where(f) for f in new))
             text = (

@@ -139,6 +139,50 @@ def test_map_checks_every_item_of_a_generator_before_queueing():
         error.shutdown(wait=True)
 
 
+def _notes(exc):
+    return getattr(exc, "__notes__", [])
+
+
+def test_a_map_error_names_the_first_item_with_a_finding():
+    error = loky.ProcessPoolExecutor(1, pickle_check="error")
+    try:
+        lock = threading.Lock()
+        items = [
+            {"v": i, "lock": lock} if i in (500, 900) else {"v": i} for i in range(1000)
+        ]
+        with pytest.raises(PicklingCheckError) as info:
+            error.map(identity, items, chunksize=7)
+        assert "map(): item 500 (counting from 0) is the first with a finding." in (
+            _notes(info.value)
+        )
+        # Worked out per call, not cached with the verdict of the site.
+        items[500] = {"v": 500}
+        for _ in range(2):
+            with pytest.raises(PicklingCheckError) as info:
+                error.map(identity, items, chunksize=7)
+            assert "map(): item 900 (counting from 0) is the first with a finding." in (
+                _notes(info.value)
+            )
+        # submit() of the same culprit: no map line
+        with pytest.raises(PicklingCheckError) as info:
+            error.submit(identity, lock)
+        assert not any(note.startswith("map():") for note in _notes(info.value))
+    finally:
+        error.shutdown(wait=True)
+
+
+def test_a_map_warning_names_the_first_item_with_a_finding(warn_executor):
+    items = [1, 2, lambda: 3, 4]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        list(warn_executor.map(str, items, chunksize=2))
+    [warning] = [w for w in caught if issubclass(w.category, LokyPicklingWarning)]
+    text = str(warning.message)
+    assert text.endswith(
+        "\nmap(): item 2 (counting from 0) is the first with a finding."
+    )
+
+
 class Guarded:
     """Holds a lock; the executor's job reducer sends only its value."""
 
