@@ -348,7 +348,7 @@ class _CallItem:
             return _pickle_loads(self.payload)
         except BaseException as e:
             if self.pickle_check:
-                _annotate_worker_failure(e, self.payload, "load")
+                _annotate_pickling_failure(e, self.payload, "load")
             raise
 
     def __repr__(self):
@@ -362,6 +362,13 @@ def _call_item_work_id(obj):
     if isinstance(obj, _CallItem):
         return obj.work_id
     return None
+
+
+def _call_item_fields(obj):
+    """A call item (either form) as a dict of _CallItem's fields."""
+    if isinstance(obj, _CallItem):
+        return {name: getattr(obj, name) for name in _CallItem.__slots__}
+    return dict(zip(_CallItem.__slots__, obj, strict=True))
 
 
 # On the wire a call item is the plain tuple of _CallItem's constructor
@@ -477,6 +484,13 @@ class _SafeQueue(Queue):
                 "Could not pickle the task to send it to the workers."
             )
         _with_cause(raised_error, e)
+        call = _call_item_fields(obj)
+        if call["pickle_check"] and call["payload"] is None:
+            # Check mode (warn, wrap) let a call that does not pickle through:
+            # the caller's error says which argument, where and why.
+            _annotate_pickling_failure(
+                raised_error, (call["fn"], call["args"], call["kwargs"]), "task"
+            )
         work_item = self.pending_work_items.pop(work_id, None)
         try:
             self.running_work_items.remove(work_id)
@@ -503,8 +517,11 @@ class _SafeQueue(Queue):
 # ---------------------------------------------------------------------------
 
 
-def _annotate_worker_failure(exc: BaseException, obj, stage: str) -> None:
-    """Add the pickling diagnosis to ``exc`` (check modes only; never raises)."""
+def _annotate_pickling_failure(exc: BaseException, obj, stage: str) -> None:
+    """Add the pickling diagnosis to ``exc`` (check modes only; never raises).
+
+    ``stage``: "result" and "load" in a worker, "task" in the parent's feeder.
+    """
     try:
         from loky_check.runtime import annotate_worker_failure
 
@@ -596,7 +613,7 @@ def _sendback_result(
             culprit = (
                 result if exception is None else getattr(exception, "exc", exception)
             )
-            _annotate_worker_failure(e, culprit, "result")
+            _annotate_pickling_failure(e, culprit, "result")
         try:
             result_queue.put(_ResultItem(work_id, _ExceptionWithTraceback(e)))
         except BaseException as e2:

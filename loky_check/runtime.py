@@ -3,7 +3,8 @@
 The executor calls :meth:`SubmitChecker.check_submit` from ``submit()`` (and so
 from every chunk of ``map()``), in the user's thread, before anything is queued.
 Workers call :func:`annotate_worker_failure` when a task fails to load or its
-result cannot be pickled back.
+result cannot be pickled back, and the parent's feeder thread when a call that
+the check let through (warn, wrap) fails to pickle.
 
 Cost model (clean calls must stay cheap):
 
@@ -956,13 +957,20 @@ def annotate_worker_failure(exc: BaseException, obj: Any, stage: str) -> None:
     """Attach the engine's diagnosis to ``exc`` as exception notes.
 
     ``stage`` is ``"result"`` (``obj``: the result or exception that failed to
-    pickle back to the parent) or ``"load"`` (``obj``: the payload bytes this
-    worker failed to load). Runs in the worker; the executor swallows anything
-    it raises.
+    pickle back to the parent), ``"load"`` (``obj``: the payload bytes this
+    worker failed to load) or ``"task"`` (``obj``: ``(fn, args, kwargs)`` of a
+    call the parent's feeder thread failed to pickle). Runs in the worker (in
+    the parent for ``"task"``); the executor swallows anything it raises.
     """
     from . import engine
 
-    if stage == "result":
+    if stage == "task":
+        fn, args, kwargs = obj
+        report = engine.check_call(fn, args, kwargs, pickler="loky")
+        header = (
+            "loky pickle_check: the task cannot be pickled to send it to the workers."
+        )
+    elif stage == "result":
         inner = getattr(obj, "exc", None)
         if not isinstance(obj, BaseException) and isinstance(inner, BaseException):
             obj = inner  # the executor's exception-with-traceback envelope

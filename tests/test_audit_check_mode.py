@@ -329,3 +329,36 @@ def test_run_in_executor_warning_points_at_the_users_line(warn_executor):
     source = inspect.getsource(run_in_loop).splitlines()
     line = next(i for i, text in enumerate(source) if "the user's line" in text)
     assert warning.lineno == run_in_loop.__code__.co_firstlineno + line
+
+
+@pytest.mark.parametrize("mode", ["warn", "wrap", "off"])
+def test_a_call_let_through_that_fails_to_pickle_carries_the_diagnosis(mode):
+    executor = loky.ProcessPoolExecutor(1, pickle_check=mode)
+    try:
+        lock = threading.Lock()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LokyPicklingWarning)
+            futures = [executor.submit(identity, {"jobs": [1, lock]})]
+            mapped = executor.map(identity, [1, lock], chunksize=1)
+        for future in futures:
+            with pytest.raises(pickle.PicklingError) as info:
+                future.result(timeout=60)
+            assert str(info.value) == (
+                "Could not pickle the task to send it to the workers."
+            )
+            notes = _notes(info.value)
+            if mode == "off":
+                assert notes == []
+            else:
+                [note] = notes
+                assert note.startswith(
+                    "loky pickle_check: the task cannot be pickled to send it to"
+                    " the workers.\nloky-check  test_audit_check_mode:identity"
+                )
+                assert "x['jobs'][1]" in note and "[sync_primitive]" in note
+        with pytest.raises(pickle.PicklingError) as info:
+            list(mapped)
+        assert (_notes(info.value) == []) == (mode == "off")
+        assert executor.submit(identity, 3).result(timeout=60) == 3
+    finally:
+        executor.shutdown(wait=True)
