@@ -10,27 +10,14 @@ import sys
 import textwrap
 
 import pytest
+from test_conformance_namespace import SEMI_PUBLIC
 
 import loky.backend
 from loky.backend import context
 
+# The names section 19 lists under "loky.backend / .context".
 CONTEXT_NAMES = [
-    "START_METHODS",
-    "_MAX_WINDOWS_WORKERS",
-    "cpu_count",
-    "set_start_method",
-    "get_start_method",
-    "LokyContext",
-    "LokyInitMainContext",
-    "physical_cores_cache",
-    "_cpu_count_affinity_set",
-    "_cpu_count_cgroup",
-    "_count_physical_cores",
-    "_count_physical_cores_linux",
-    "_count_physical_cores_win32",
-    "_count_physical_cores_win32_ctypes",
-    "_count_physical_cores_win32_powershell",
-    "_warn_physical_cores_not_found",
+    name for name in SEMI_PUBLIC["loky.backend.context"] if name != "get_context"
 ]
 
 
