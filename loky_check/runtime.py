@@ -1313,44 +1313,20 @@ def _load_error_report(exc: BaseException, taxonomy) -> Report:
     )
 
 
-def _path_to(value: Any, stand_in: type, path: str) -> str | None:
-    """Path (the engine's grammar) from ``value`` to the stand-in class or an
-    instance of it, or None. Only what the unpickler just built is walked, in
-    a bounded breadth-first search: plain containers, ``partial``, instance
-    dicts and the closure cells and globals of functions; no user code runs."""
+def _walk_until(value: Any, path: str, found: Callable[[Any], bool]) -> Iterator[str]:
+    """Paths (the engine's grammar) of what ``found`` accepts inside ``value``,
+    not looking inside those. Only what the unpickler just built is walked, in
+    a bounded breadth-first search: plain containers, ``partial``, bound
+    methods' ``self``, instance dicts and the closure cells and globals of
+    functions; no user code runs."""
     queue = collections.deque([(value, path, 0)])
     seen: set[int] = set()
     budget = 10_000
     while queue and budget > 0:
         value, path, depth = queue.popleft()
         budget -= 1
-        if value is stand_in or isinstance(value, stand_in):
-            return path
-        if depth == 8 or id(value) in seen:
-            continue
-        seen.add(id(value))
-        queue.extend(
-            (child, path + step, depth + 1)
-            for step, child in itertools.islice(_children(value), 100)
-        )
-    return None
-
-
-def _paths_of_instances(value: Any, types_: tuple, path: str) -> list[str]:
-    """Paths (the engine's grammar) from ``value`` to every instance of
-    ``types_`` in it, not looking inside those: a bounded breadth-first walk
-    like :func:`_path_to`'s."""
-    if not types_:
-        return []
-    found = []
-    queue = collections.deque([(value, path, 0)])
-    seen: set[int] = set()
-    budget = 10_000
-    while queue and budget > 0:
-        value, path, depth = queue.popleft()
-        budget -= 1
-        if isinstance(value, types_):
-            found.append(path)
+        if found(value):
+            yield path
             continue
         if depth == 8 or id(value) in seen:
             continue
@@ -1360,7 +1336,21 @@ def _paths_of_instances(value: Any, types_: tuple, path: str) -> list[str]:
         else:
             children = itertools.islice(_children(value), 100)
         queue.extend((child, path + step, depth + 1) for step, child in children)
-    return found
+
+
+def _path_to(value: Any, stand_in: type, path: str) -> str | None:
+    """Path from ``value`` to the stand-in class or an instance of it, or None."""
+    return next(
+        _walk_until(value, path, lambda v: v is stand_in or isinstance(v, stand_in)),
+        None,
+    )
+
+
+def _paths_of_instances(value: Any, types_: tuple, path: str) -> list[str]:
+    """Paths from ``value`` to every instance of ``types_`` in it."""
+    if not types_:
+        return []
+    return list(_walk_until(value, path, lambda v: isinstance(v, types_)))
 
 
 def _children(value: Any) -> Iterator[tuple[str, Any]]:
