@@ -103,3 +103,21 @@ def shutdown_reusable_executor() -> None:
     executor = getattr(getattr(module, "_executor_storage", None), "executor", None)
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+FINDING_FIELDS = (
+    "argument",
+    "parameter",
+    "path",
+    "type",
+    "category",
+    "severity",
+    "remedy",
+    "stage",
+)
+
+
+def finding_fields(finding, *names: str) -> tuple:
+    """The finding's fields named (all of FINDING_FIELDS by default), in order:
+    one tuple to compare with the expected row."""
+    return tuple(getattr(finding, name) for name in names or FINDING_FIELDS)

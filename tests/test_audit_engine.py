@@ -8,7 +8,7 @@ import functools
 import threading
 
 import pytest
-from _helpers import too_deep_to_pickle
+from _helpers import finding_fields, too_deep_to_pickle
 
 from loky_check import check_call, check_object
 
@@ -120,16 +120,7 @@ def test_by_value_function_whose_closure_cannot_load_in_the_worker(
     # at the cell, not a second one on the function.
     report = check_call(target, (job,), in_worker=True)
     [finding] = report.findings
-    got = (
-        finding.argument,
-        finding.parameter,
-        finding.path,
-        finding.type,
-        finding.category,
-        finding.severity,
-        finding.remedy,
-        finding.stage,
-    )
+    got = finding_fields(finding)
     assert got == (
         "args[0]",
         "a",
@@ -295,13 +286,7 @@ def test_a_returned_closure_whose_cell_cannot_load_back_has_one_finding(
 
     report = check_return_value(_returns_a_closure_over_a_bad_value)
     [finding] = report.findings
-    assert (
-        finding.argument,
-        finding.path,
-        finding.type,
-        finding.category,
-        finding.stage,
-    ) == (
+    assert finding_fields(finding, "argument", "path", "type", "category", "stage") == (
         "result",
         "result.<closure bad>",
         f"{__name__}._RefusesSetstate",
@@ -470,16 +455,7 @@ def test_path_grammar_in_every_position(culprit_id, position, monkeypatch):
     args, kwargs = build(make(), monkeypatch)
     report = check_call(target, args, kwargs)
     [finding] = report.findings
-    got = (
-        finding.argument,
-        finding.parameter,
-        finding.path,
-        finding.type,
-        finding.category,
-        finding.severity,
-        finding.remedy,
-        finding.stage,
-    )
+    got = finding_fields(finding)
     assert got == (
         argument,
         parameter,

@@ -8,7 +8,7 @@ import threading
 import types
 
 import pytest
-from _helpers import POSITIONS, Holder, shutdown_reusable_executor
+from _helpers import POSITIONS, Holder, finding_fields, shutdown_reusable_executor
 
 from loky_check import check_call, check_object, check_return_value
 
@@ -104,16 +104,7 @@ def test_load_failures_found_in_a_real_worker(row, position, parent_only_module)
 
     assert len(report.findings) == 1, str(report)
     f = report.findings[0]
-    got = (
-        f.argument,
-        f.parameter,
-        f.path,
-        f.type,
-        f.category,
-        f.severity,
-        f.remedy,
-        f.stage,
-    )
+    got = finding_fields(f)
     assert got == (
         argument,
         parameter,
@@ -280,16 +271,7 @@ def test_fidelity_found_in_a_real_worker(position):
     args, kwargs = build(Lossy(0.123))
     report = check_call(target, args, kwargs, in_worker=True)
     [f] = report.findings
-    got = (
-        f.argument,
-        f.parameter,
-        f.path,
-        f.type,
-        f.category,
-        f.severity,
-        f.remedy,
-        f.stage,
-    )
+    got = finding_fields(f)
     assert got == (
         argument,
         parameter,
@@ -353,13 +335,7 @@ def returns_unloadable_inside():
 
 def test_a_result_that_does_not_load_back_is_narrowed():
     [finding] = check_return_value(returns_unloadable_inside).findings
-    assert (
-        finding.argument,
-        finding.path,
-        finding.type,
-        finding.category,
-        finding.stage,
-    ) == (
+    assert finding_fields(finding, "argument", "path", "type", "category", "stage") == (
         "result",
         "result['err']",
         f"{__name__}.TwoArgError",
