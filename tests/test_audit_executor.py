@@ -7,25 +7,10 @@ import os
 import warnings
 
 import pytest
+from test_worker_lifecycle import get_pid, leak, set_memory_check_delay
 
 from loky import ProcessPoolExecutor
 from loky import process_executor as pe
-
-_LEAKED = []
-
-
-def get_pid(_=None):
-    return os.getpid()
-
-
-def set_memory_check_delay(delay):
-    pe._MEMORY_LEAK_CHECK_DELAY = delay
-    return os.getpid()
-
-
-def leak(n_bytes):
-    _LEAKED.append(bytearray(n_bytes))
-    return os.getpid()
 
 
 # ------------------------------------- recycling after shutdown / collection

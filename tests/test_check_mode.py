@@ -10,6 +10,7 @@ subprocesses). Warnings are recorded with ``simplefilter("always")`` so that the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -444,19 +445,28 @@ def test_off_mode_adds_no_notes():
     assert not getattr(info.value, "__notes__", None)
 
 
+@contextlib.contextmanager
+def parent_only_module(name, source):
+    """A module only this process can import (the workers cannot find it)."""
+    module = types.ModuleType(name)
+    module.__file__ = f"/nonexistent/{name}.py"
+    exec(source, module.__dict__)
+    sys.modules[name] = module
+    try:
+        yield module
+    finally:
+        del sys.modules[name]
+
+
 def test_task_that_fails_to_load_carries_the_diagnosis(pickler):
     # A module the parent has but the workers cannot import.
-    module = types.ModuleType("phantom_tasks_for_check_mode")
-    module.__file__ = "/nonexistent/phantom_tasks_for_check_mode.py"
-    exec("def work(x):\n    return x\n", module.__dict__)
-    sys.modules[module.__name__] = module
-    try:
-        executor = executor_for("warn")
+    executor = executor_for("warn")
+    with parent_only_module(
+        "phantom_tasks_for_check_mode", "def work(x):\n    return x\n"
+    ) as module:
         future, caught = recorded(executor.submit, module.work, 1)
         with pytest.raises(Exception) as info:
             future.result(timeout=60)
-    finally:
-        del sys.modules[module.__name__]
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "cannot be loaded in the worker" in notes
     assert "phantom_tasks_for_check_mode.work" in notes and "fn" in notes
@@ -475,17 +485,13 @@ def test_task_that_fails_to_load_carries_the_diagnosis(pickler):
 )
 def test_task_that_fails_to_load_names_the_nested_path(pickler, build, path):
     # An instance of a class the workers cannot import, deep in an argument.
-    module = types.ModuleType("phantom_things_for_check_mode")
-    module.__file__ = "/nonexistent/phantom_things_for_check_mode.py"
-    exec("class Thing:\n    pass\n", module.__dict__)
-    sys.modules[module.__name__] = module
-    try:
-        executor = executor_for("warn")
+    executor = executor_for("warn")
+    with parent_only_module(
+        "phantom_things_for_check_mode", "class Thing:\n    pass\n"
+    ) as module:
         future, _ = recorded(executor.submit, identity, *build(module.Thing()))
         with pytest.raises(Exception) as info:
             future.result(timeout=60)
-    finally:
-        del sys.modules[module.__name__]
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "cannot be loaded in the worker" in notes
     assert f"   {path}\n" in notes, notes
