@@ -387,8 +387,12 @@ def _check(
     ctx: _Context,
     make_target: Callable[[], str],
     in_worker: bool,
+    status: replay.Status | None = None,
 ) -> Report:
-    status = ctx.tester.test(whole)
+    """Test ``whole`` (unless ``status`` already says how it went), then
+    diagnose each argument if it failed."""
+    if status is None:
+        status = ctx.tester.test(whole)
     if not status.bad and not in_worker:
         return Report(target=make_target(), pickler=ctx.pickler)  # the fast path
     arguments = make_arguments()
@@ -461,19 +465,21 @@ def check_call(
     worker. Returns a :class:`Report` (``ok``, ``findings``, ``str()``,
     ``to_dict()``).
     """
+    ctx = _Context(pickler)
+    status = None
     if (
         type(args) is tuple
         and (kwargs is None or type(kwargs) is dict)
         and not in_worker
     ):
-        # The fast path: one pickle of the whole call; a success is the answer.
-        tester = replay.make_tester(pickler)
-        if not tester.test((fn, args, {} if kwargs is None else kwargs)).bad:
+        # The fast path: one pickle of the whole call; a success is the answer
+        # (and a failure is not tried again below).
+        status = ctx.tester.test((fn, args, {} if kwargs is None else kwargs))
+        if not status.bad:
             return Report(
                 target=target if target is not None else describe_callable(fn),
                 pickler=pickler,
             )
-    ctx = _Context(pickler)
     if not isinstance(args, tuple):
         try:
             args = tuple(args)
@@ -491,6 +497,7 @@ def check_call(
         ctx,
         lambda: target if target is not None else describe_callable(fn),
         in_worker,
+        status,
     )
 
 

@@ -593,3 +593,20 @@ def test_a_local_lru_cache_function_is_a_local_function_to_move():
 
 def test_the_json_report_always_has_its_reducers_key():
     assert check_object(1).to_dict()["reducers"] == []
+
+
+class CountsReductions:
+    count = 0
+
+    def __reduce__(self):
+        type(self).count += 1
+        return CountsReductions, ()
+
+
+def test_a_failing_call_pickles_the_whole_call_once():
+    # Once for the whole call (the fast path, whose failure is not tried
+    # again), once when its own argument is diagnosed.
+    CountsReductions.count = 0
+    report = check_call(target, (CountsReductions(), threading.Lock()))
+    assert [f.path for f in report.findings] == ["b"]
+    assert CountsReductions.count == 2
