@@ -341,9 +341,13 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _summary(report: Any, checked: str, status: int, strict: bool) -> str:
+def _summary(
+    report: Any, checked: str, status: int, strict: bool, *, calls_checked: bool = True
+) -> str:
     errors, warnings, notes = (report.count(s) for s in ("error", "warning", "info"))
-    parts = [_plural(errors, "error"), _plural(warnings, "warning")]
+    parts = []
+    if calls_checked:  # without a target only reducers were checked
+        parts = [_plural(errors, "error"), _plural(warnings, "warning")]
     if notes:
         parts.append(_plural(notes, "note"))
     failed = sum(1 for r in report.reducers if not getattr(r, "ok", True))
@@ -479,7 +483,10 @@ def _checked_and_reported(options: argparse.Namespace) -> int:
             f"{', '.join(options.reducers)}: no reducer was tested\n"
         )
     status = _exit_status(report, options.strict)
-    out.write(_summary(report, checked, status, options.strict) + "\n")
+    summary = _summary(
+        report, checked, status, options.strict, calls_checked=fn is not None
+    )
+    out.write(summary + "\n")
     return status
 
 

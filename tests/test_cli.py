@@ -365,8 +365,15 @@ def test_reducers_with_and_without_target(project):
     assert as_json.returncode == 1
     [reducer] = json.loads(as_json.stdout)["reducers"]
     assert (reducer["type"], reducer["ok"]) == ("app.geo.Point", False)
+    assert lossy.stdout.splitlines()[-1] == (
+        "FAIL: 0/1 reducers hold in the registered reducers (pickler: pickle)"
+    )
     assert with_target.returncode == 0, with_target.stdout + with_target.stderr
     assert "1/1 reducers hold" in with_target.stdout.splitlines()[0]
+    assert with_target.stdout.splitlines()[-1] == (
+        "ok: 0 errors, 0 warnings, 1/1 reducers hold in fn + the registered"
+        " reducers (pickler: pickle)"
+    )
 
 
 def test_user_output_does_not_break_json(project):
