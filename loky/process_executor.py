@@ -1391,6 +1391,13 @@ def _resolve_pickle_check(mode):
     return mode
 
 
+def _check_worker_setup(mode, **parts):
+    # Lazy, like the checker: loky imports loky_check only in a check mode.
+    from loky_check.runtime import check_worker_setup
+
+    check_worker_setup(mode, **parts)
+
+
 def _make_pickle_checker(mode, executor):
     # Lazy: loky never imports loky_check unless a check mode is on.
     from loky_check.runtime import SubmitChecker
@@ -1558,6 +1565,16 @@ class ProcessPoolExecutor(Executor):
 
         # Validated before any resource is created.
         self._pickle_check = _resolve_pickle_check(pickle_check)
+        if self._pickle_check != "off":
+            _check_worker_setup(
+                self._pickle_check,
+                initializer=initializer,
+                initargs=initargs,
+                job_reducers=job_reducers,
+                result_reducers=None
+                if result_reducers is job_reducers
+                else result_reducers,
+            )
 
         self._timeout = timeout
         self._processes = {}

@@ -55,6 +55,7 @@ __all__ = [
     "SubmitChecker",
     "annotate_result_load_failure",
     "annotate_worker_failure",
+    "check_worker_setup",
 ]
 
 CHECK_MODES = ("off", "warn", "error", "wrap")
@@ -982,6 +983,60 @@ def annotate_worker_failure(exc: BaseException, obj: Any, stage: str) -> None:
         header = "loky pickle_check: the task cannot be loaded in the worker."
     if report is not None and report.findings:
         _add_note(exc, f"{header}\n{report}")
+
+
+# (call site, finding) pairs already warned about by check_worker_setup.
+_setup_warned: set[tuple] = set()
+
+
+def check_worker_setup(mode: str, **parts: Any) -> None:
+    """Check mode, when an executor is made: what every worker receives as it
+    starts (``initializer``, ``initargs``, ``job_reducers``,
+    ``result_reducers``) must load there, pickled as loky sends it.
+
+    Under "error" a part that cannot raises :class:`PicklingCheckError` (the
+    executor is not made); otherwise one :class:`LokyPicklingWarning` per
+    call site and finding. A worker that cannot load them dies at start-up,
+    which the caller would only see as a ``TerminatedWorkerError``.
+    """
+    from .engine import check_object
+
+    findings = []
+    for name, value in parts.items():
+        if value is None or (isinstance(value, (tuple, dict)) and not value):
+            continue
+        report = check_object(value, name=name, pickler="loky")
+        findings.extend(
+            f
+            for f in report.findings
+            if f.severity in _FINDING_LEVELS
+            # Process-shared locks, queues and connections in initargs travel
+            # with the worker's start-up (pickled while spawning), as intended.
+            and not (name == "initargs" and f.category in _SPAWN_ONLY)
+        )
+    if not findings:
+        return
+    report = Report(target="executor start-up", pickler="loky", findings=findings)
+    header = (
+        "loky pickle_check: every worker receives these when it starts "
+        "(initializer, initargs, job_reducers, result_reducers)."
+    )
+    if mode == "error" and any(f.severity == "error" for f in findings):
+        raise PicklingCheckError(f"{header}\n{report}", report)
+    site = _call_site()
+    with _setup_lock:
+        new = [f for f in findings if (site, _finding_key(f)) not in _setup_warned]
+        if len(_setup_warned) >= _CACHE_LIMIT:
+            _setup_warned.clear()
+        _setup_warned.update((site, _finding_key(f)) for f in new)
+    if new:
+        partial_report = Report(report.target, report.pickler, new)
+        _warn(f"{header}\n{partial_report}", partial_report)
+
+
+_FINDING_LEVELS = ("error", "warning")
+_SPAWN_ONLY = ("sync_primitive", "connection")
+_setup_lock = threading.Lock()
 
 
 class _Unloadable:

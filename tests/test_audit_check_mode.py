@@ -17,6 +17,7 @@ import threading
 import warnings
 
 import pytest
+from _helpers import run_python
 
 import loky
 from loky.backend import reduction
@@ -360,5 +361,78 @@ def test_a_call_let_through_that_fails_to_pickle_carries_the_diagnosis(mode):
             list(mapped)
         assert (_notes(info.value) == []) == (mode == "off")
         assert executor.submit(identity, 3).result(timeout=60) == 3
+    finally:
+        executor.shutdown(wait=True)
+
+
+# -------------------------------------------- what workers receive at start-up
+
+_MAIN_SETUP_SCRIPT = """
+import warnings
+from loky import ProcessPoolExecutor
+from loky_check import LokyPicklingWarning, PicklingCheckError
+
+class Thing:
+    pass
+
+def init():
+    pass
+
+def reduce_thing(thing):
+    return Thing, ()
+
+try:
+    ProcessPoolExecutor(1, pickle_check="error", initializer=init)
+except PicklingCheckError as exc:
+    print("ERROR", exc)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(3):
+        executor = ProcessPoolExecutor(
+            1, pickle_check="warn", job_reducers={Thing: reduce_thing}
+        )
+        executor.shutdown()
+print("WARNINGS", len([w for w in caught if w.category is LokyPicklingWarning]))
+print(caught[0].message)
+"""
+
+
+def test_start_up_arguments_that_cannot_load_in_the_workers_are_diagnosed():
+    # Under LOKY_PICKLER=pickle a __main__ initializer or reducer kills every
+    # worker as it starts: say so where the executor is made.
+    result = run_python(_MAIN_SETUP_SCRIPT, LOKY_PICKLER="pickle")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(
+        "ERROR loky pickle_check: every worker receives these when it starts"
+    )
+    assert "error    initializer   initializer\n" in out
+    assert "function init at <string>" in out and "[main_module]" in out
+    assert "WARNINGS 1\n" in out  # once per call site
+    assert "job_reducers.<key 0>" in out and "class Thing  [main_module]" in out
+    assert "Traceback" not in result.stderr
+
+
+def init_with(lock, queue):
+    _WORKER_STATE.update(lock=lock, queue=queue)
+
+
+_WORKER_STATE = {}
+
+
+def test_process_shared_primitives_in_initargs_are_not_findings():
+    from loky.backend import get_context
+
+    context = get_context()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        executor = loky.ProcessPoolExecutor(
+            1,
+            pickle_check="error",
+            initializer=init_with,
+            initargs=(context.Lock(), context.Queue()),
+        )
+    try:
+        assert executor.submit(identity, 5).result(timeout=60) == 5
     finally:
         executor.shutdown(wait=True)
