@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 CHECK_MODES = ("off", "warn", "error", "wrap")
+# The severities a check mode acts on ("info" is only reported).
+_FINDING_LEVELS = ("error", "warning")
 
 # Caches are bounded so that a long-running program submitting ever new
 # functions cannot grow them without limit.
@@ -783,7 +785,7 @@ class SubmitChecker:
         wrap_keys = frozenset(
             _culprit_key(f.culprit)
             for f in report.findings
-            if f.severity in ("error", "warning")
+            if f.severity in _FINDING_LEVELS
             and f.culprit is not None
             and f.carried_by.get("cloudpickle")
             and _wrappable_key(_culprit_key(f.culprit))
@@ -840,37 +842,59 @@ class SubmitChecker:
 
     def _warn_new(self, site, findings, report: Report, wrapped: bool = False) -> None:
         """Warn about the findings not yet reported at this call site."""
-        findings = [f for f in findings if f.severity in ("error", "warning")]
-        with self._lock:
-            new = [
-                f
-                for f in findings
-                if (site, wrapped, _finding_key(f)) not in self._warned
-            ]
-            self._warned.update((site, wrapped, _finding_key(f)) for f in new)
-        if not new:
-            return
-        partial_report = Report(report.target, report.pickler, new)
-        text = str(partial_report)
-        item_line = self._map_item_line(new)
-        if item_line:
-            text = f"{text}\n{item_line}"
-        if wrapped:
-            labels = ", ".join(dict.fromkeys(_where(f) for f in new))
-            text = (
-                f"pickle_check='wrap': wrapped {labels} with "
-                f"loky.wrap_non_picklable_objects so that the call pickles\n\n{text}"
-            )
-        try:
-            _warn(text, partial_report)
-        except BaseException:
-            # A warnings filter turned the warning into an exception: the call
-            # does not proceed, so the next one at this site must say it again.
-            with self._lock:
-                self._warned.difference_update(
-                    (site, wrapped, _finding_key(f)) for f in new
+
+        def text_for(new: list[Finding], partial_report: Report) -> str:
+            text = str(partial_report)
+            item_line = self._map_item_line(new)
+            if item_line:
+                text = f"{text}\n{item_line}"
+            if wrapped:
+                labels = ", ".join(dict.fromkeys(_where(f) for f in new))
+                text = (
+                    f"pickle_check='wrap': wrapped {labels} with "
+                    f"loky.wrap_non_picklable_objects so that the call pickles\n\n{text}"
                 )
-            raise
+            return text
+
+        _warn_once(
+            self._warned,
+            self._lock,
+            [
+                ((site, wrapped, _finding_key(f)), f)
+                for f in findings
+                if f.severity in _FINDING_LEVELS
+            ],
+            report,
+            text_for,
+        )
+
+
+def _warn_once(
+    warned: set,
+    lock: threading.Lock,
+    keyed: list[tuple[Hashable, Finding]],
+    report: Report,
+    text_for: Callable[[list[Finding], Report], str],
+) -> None:
+    """One :class:`LokyPicklingWarning` for the findings whose key is not in
+    ``warned`` yet (their keys are then added), its text from ``text_for``.
+
+    A warnings filter that turns the warning into an exception stops the
+    call: the keys are forgotten, so the next call there says it again.
+    """
+    with lock:
+        new = [(key, f) for key, f in keyed if key not in warned]
+        warned.update(key for key, _ in new)
+    if not new:
+        return
+    findings = [f for _, f in new]
+    partial_report = Report(report.target, report.pickler, findings)
+    try:
+        _warn(text_for(findings, partial_report), partial_report)
+    except BaseException:
+        with lock:
+            warned.difference_update(key for key, _ in new)
+        raise
 
 
 def _where(finding: Finding) -> str:
@@ -987,6 +1011,9 @@ def annotate_worker_failure(exc: BaseException, obj: Any, stage: str) -> None:
 
 # (call site, finding) pairs already warned about by check_worker_setup.
 _setup_warned: set[tuple] = set()
+_setup_lock = threading.Lock()
+# Findings in initargs that are no findings there (see check_worker_setup).
+_SPAWN_ONLY = ("sync_primitive", "connection")
 
 
 def check_worker_setup(mode: str, **parts: Any) -> None:
@@ -1024,19 +1051,15 @@ def check_worker_setup(mode: str, **parts: Any) -> None:
     if mode == "error" and any(f.severity == "error" for f in findings):
         raise PicklingCheckError(f"{header}\n{report}", report)
     site = _call_site()
-    with _setup_lock:
-        new = [f for f in findings if (site, _finding_key(f)) not in _setup_warned]
-        if len(_setup_warned) >= _CACHE_LIMIT:
-            _setup_warned.clear()
-        _setup_warned.update((site, _finding_key(f)) for f in new)
-    if new:
-        partial_report = Report(report.target, report.pickler, new)
-        _warn(f"{header}\n{partial_report}", partial_report)
-
-
-_FINDING_LEVELS = ("error", "warning")
-_SPAWN_ONLY = ("sync_primitive", "connection")
-_setup_lock = threading.Lock()
+    if len(_setup_warned) >= _CACHE_LIMIT:
+        _setup_warned.clear()
+    _warn_once(
+        _setup_warned,
+        _setup_lock,
+        [((site, _finding_key(f)), f) for f in findings],
+        report,
+        lambda _new, partial_report: f"{header}\n{partial_report}",
+    )
 
 
 class _Unloadable:

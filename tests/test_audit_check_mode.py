@@ -394,6 +394,15 @@ with warnings.catch_warnings(record=True) as caught:
         executor.shutdown()
 print("WARNINGS", len([w for w in caught if w.category is LokyPicklingWarning]))
 print(caught[0].message)
+raised = 0
+for _ in range(2):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LokyPicklingWarning)
+        try:
+            ProcessPoolExecutor(1, pickle_check="warn", initializer=init).shutdown()
+        except LokyPicklingWarning:
+            raised += 1
+print("RAISED", raised)
 """
 
 
@@ -410,6 +419,8 @@ def test_start_up_arguments_that_cannot_load_in_the_workers_are_diagnosed():
     assert "function init at <string>" in out and "[main_module]" in out
     assert "WARNINGS 1\n" in out  # once per call site
     assert "job_reducers.<key 0>" in out and "class Thing  [main_module]" in out
+    # A warning a filter turned into an exception is raised again next time.
+    assert "RAISED 2\n" in out
     assert "Traceback" not in result.stderr
 
 
