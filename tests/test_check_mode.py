@@ -44,6 +44,9 @@ class Holder:
     def __init__(self, value):
         self.value = value
 
+    def get(self):
+        return self.value
+
 
 def call_it(fn, *args):
     return fn(*args)
@@ -480,8 +483,9 @@ def test_task_that_fails_to_load_carries_the_diagnosis(pickler):
         (lambda thing: ({"jobs": [1, thing]},), "x['jobs'][1]"),
         (lambda thing: (functools.partial(identity, y=thing),), "x.keywords['y']"),
         (lambda thing: ([Holder(thing)],), "x[0].value"),
+        (lambda thing: (Holder(thing).get,), "x.__self__.value"),
     ],
-    ids=["dict-list", "partial", "attribute"],
+    ids=["dict-list", "partial", "attribute", "bound-method"],
 )
 def test_task_that_fails_to_load_names_the_nested_path(pickler, build, path):
     # An instance of a class the workers cannot import, deep in an argument.
